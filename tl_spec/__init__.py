@@ -1,1 +1,40 @@
-"""tl_spec."""
+"""tl_spec: attention-head specialization for TransformerLens models.
+
+Specialization Index (three published definitions, by name), capture hooks that reduce
+patterns inside the forward pass, model loading for both TransformerLens backends.
+
+>>> import tl_spec
+>>> model = tl_spec.load_model("path/to/hf_checkpoint")                       # doctest: +SKIP
+>>> si = tl_spec.specialization_index(model, tl_spec.prompts.STANDARD_10)     # doctest: +SKIP
+>>> print(si.table())                                                         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from tl_spec import prompts
+from tl_spec.errors import TLSpecError, TLSpecWarning
+from tl_spec.experiments.si import SIResult, specialization_index
+from tl_spec.hooks.capture import PatternStats
+from tl_spec.metrics.specialization import si_from_entropy_profile
+from tl_spec.models import ModelFacts, describe, load_model
+
+try:
+    __version__ = version("tl_spec")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0.0.0+source"
+
+__all__ = [
+    "ModelFacts",
+    "PatternStats",
+    "SIResult",
+    "TLSpecError",
+    "TLSpecWarning",
+    "__version__",
+    "describe",
+    "load_model",
+    "prompts",
+    "si_from_entropy_profile",
+    "specialization_index",
+]

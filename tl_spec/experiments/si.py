@@ -1,0 +1,288 @@
+"""The Specialization Index of a model on a prompt set, by any of the three published definitions.
+
+>>> from tl_spec import load_model, specialization_index
+>>> from tl_spec.prompts import STANDARD_10
+>>> si = specialization_index(load_model("ckpt_dir"), STANDARD_10, method="pattern")  # doctest: +SKIP
+>>> si.value, si.per_layer.shape, si.top(3)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from jaxtyping import Float
+
+from tl_spec.errors import TLSpecError, TLSpecWarning
+from tl_spec.experiments.run import run_batches
+from tl_spec.hooks.capture import PatternStats
+from tl_spec.metrics.patterns import Region
+from tl_spec.metrics.specialization import (
+    corrcoef_rows,
+    gqa_group_split,
+    si_from_correlations,
+    si_from_entropy_profile,
+    si_from_row_entropy,
+)
+from tl_spec.models import describe, require_pattern_hooks
+from tl_spec.prompts import prompt_set
+from tl_spec.results import Result, provenance
+from tl_spec.tokens import PaddingSide, tokenize, validate_prompts
+
+__all__ = ["METHODS", "Aggregate", "Method", "SIResult", "head_labels", "specialization_index"]
+
+Method = Literal["pattern", "entropy_profile", "normalized_entropy"]
+Aggregate = Literal["prompt", "mean_pattern"]
+METHODS: tuple[str, ...] = ("pattern", "entropy_profile", "normalized_entropy")
+_STAT_FOR = {"pattern": "correlation", "entropy_profile": "column_entropy",
+             "normalized_entropy": "row_entropy"}
+_PER_HEAD_MEANING = {
+    "pattern": "1 - mean correlation with the other heads of the layer",
+    "entropy_profile": "normalized entropy of the mean attention row (the E matrix)",
+    "normalized_entropy": "1 - mean row entropy / ln(n)",
+}
+
+
+def head_labels(n_layers: int, n_heads: int) -> list[list[str]]:
+    """``"L{layer}H{head}"`` labels, ``[layers][heads]``.
+
+    >>> head_labels(1, 2)
+    [['L0H0', 'L0H1']]
+    """
+    return [[f"L{layer}H{h}" for h in range(n_heads)] for layer in range(n_layers)]
+
+
+@dataclass
+class SIResult(Result):
+    """SI of one model: model-level ``value``, ``per_layer`` (where the method has one), per head.
+
+    ``per_head`` means: pattern -> 1 - mean correlation with the layer's other heads;
+    entropy_profile -> the entropy matrix E; normalized_entropy -> 1 - mean row entropy / ln(n).
+    ``per_prompt`` [prompts, layers] and ``per_prompt_heads`` [prompts, layers, heads] keep the
+    per-prompt statistics so resampling never re-runs the model.
+    """
+
+    kind = "specialization_index"
+    method: str
+    value: float
+    per_layer: Float[np.ndarray, "n_layers"] | None
+    per_head: Float[np.ndarray, "n_layers n_heads"]
+    head_correlation: Float[np.ndarray, "n_layers n_heads"] | None
+    within_group: Float[np.ndarray, "n_layers n_heads"] | None
+    between_group: Float[np.ndarray, "n_layers n_heads"] | None
+    entropies: Float[np.ndarray, "n_layers n_heads"] | None
+    per_prompt: Float[np.ndarray, "n_prompts n_layers"] | None
+    per_prompt_heads: Float[np.ndarray, "n_prompts n_layers n_heads"] | None
+    tokens: list[list[int]]
+    undefined_heads: int
+    excluded_layers: list[int]
+    settings: dict[str, Any]
+    provenance: dict[str, Any] = field(repr=False)
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.per_head.shape[0])
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.per_head.shape[1])
+
+    def top(self, k: int = 5, *, largest: bool = True) -> list[tuple[str, float]]:
+        """The ``k`` heads with the largest (or smallest) per-head score, as ``("L3H7", value)``.
+
+        >>> si.top(2)  # doctest: +SKIP
+        [('L2H5', 0.91), ('L1H0', 0.88)]
+        """
+        flat = self.per_head.ravel()
+        ok = np.flatnonzero(~np.isnan(flat))
+        ranked = ok[np.argsort(flat[ok])]
+        picked = ranked[::-1][:k] if largest else ranked[:k]
+        labels = head_labels(self.n_layers, self.n_heads)
+        return [(labels[i // self.n_heads][i % self.n_heads], float(flat[i])) for i in picked]
+
+    def table(self) -> str:
+        """A per-layer text table and the model-level value."""
+        lines = [f"method: {self.method}  ({_PER_HEAD_MEANING[self.method]} per head)"]
+        if self.per_layer is not None:
+            lines.append(f"{'layer':>5}  {'SI':>8}  {'min head':>9}  {'max head':>9}")
+            for layer, v in enumerate(self.per_layer):
+                row = self.per_head[layer]
+                lines.append(
+                    f"{layer:>5}  {v:8.4f}  {np.nanmin(row):9.4f}  {np.nanmax(row):9.4f}"
+                )
+        lines.append(f"SI = {self.value:.6f}  ({len(self.tokens)} prompts)")
+        if self.undefined_heads:
+            lines.append(f"undefined (zero-variance) head patterns excluded: {self.undefined_heads}")
+        return "\n".join(lines)
+
+
+def _check_options(method: str, region: str, aggregate: str, batch_size: int) -> None:
+    if method not in METHODS:
+        raise TLSpecError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if region not in ("lower", "full"):
+        raise TLSpecError(
+            f"unknown region {region!r}; use 'lower' (key <= query, inside any window) or 'full' "
+            "(the paper's flattening of the whole n x n matrix)"
+        )
+    if aggregate not in ("prompt", "mean_pattern"):
+        raise TLSpecError(
+            f"unknown aggregate {aggregate!r}; use 'prompt' (correlate per prompt, then average) "
+            "or 'mean_pattern' (the paper's snippet: average patterns over prompts, then correlate)"
+        )
+    if aggregate == "mean_pattern" and method != "pattern":
+        raise TLSpecError(f"aggregate='mean_pattern' applies to method='pattern' only, not {method!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise TLSpecError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
+def _mean_pattern_corr(
+    total: np.ndarray, count: np.ndarray, region: Region, windows: Sequence[int | None]
+) -> np.ndarray:
+    """Per layer, head x head correlation of patterns averaged over prompts: [1, L, H, H]."""
+    n = count.shape[-1]
+    q, k = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    out = []
+    for layer, window in enumerate(windows):
+        cells = count > 0
+        if region == "lower":
+            cells &= k <= q
+            if window is not None:
+                cells &= (q - k) < window
+        mean = total[layer][:, cells] / count[cells]
+        out.append(corrcoef_rows(mean))
+    return np.stack(out)[None]
+
+
+def _warn_undefined(n: int, where: str) -> None:
+    if n:
+        warnings.warn(
+            f"{n} {where} had zero variance, so their correlations are undefined; they were "
+            "excluded from the means and counted in result.undefined_heads.",
+            TLSpecWarning,
+            stacklevel=3,
+        )
+
+
+def _layer_mean(per_layer: np.ndarray) -> tuple[float, list[int]]:
+    excluded = [int(i) for i in np.flatnonzero(np.isnan(per_layer))]
+    if excluded:
+        warnings.warn(
+            f"layers {excluded} have no defined head correlation and were excluded from the "
+            "model-level SI.",
+            TLSpecWarning,
+            stacklevel=3,
+        )
+    if len(excluded) == len(per_layer):
+        raise TLSpecError("no layer has a defined SI: every head pattern had zero variance")
+    return float(np.nanmean(per_layer)), excluded
+
+
+def specialization_index(
+    model: Any,
+    prompts: Sequence[str],
+    *,
+    method: Method = "pattern",
+    region: Region = "lower",
+    aggregate: Aggregate = "prompt",
+    max_length: int = 128,
+    batch_size: int = 16,
+    prepend_bos: bool | None = None,
+    padding_side: PaddingSide = "right",
+    stat_dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+) -> SIResult:
+    """Specialization Index of ``model`` on ``prompts`` (GUIDE section 1 definitions, by name).
+
+    ``method="pattern"``: per prompt and layer, 1 - mean Pearson correlation between heads over the
+    ``region``'s entries; ``.per_layer`` averages prompts, ``.value`` layers. ``aggregate=
+    "mean_pattern"`` is the paper's snippet (average patterns over prompts first).
+    ``"entropy_profile"``: the E11 route behind every published SI (one number per model).
+    ``"normalized_entropy"``: 1 - mean row entropy / ln(n) per layer.
+
+    >>> r = specialization_index(model, ["The cat sat.", "Dogs bark loudly."])  # doctest: +SKIP
+    >>> r.value, r.per_layer  # doctest: +SKIP
+    """
+    _check_options(method, region, aggregate, batch_size)
+    prompts = validate_prompts(prompts)
+    require_pattern_hooks(model)
+    facts = describe(model, seq_len=max_length if isinstance(max_length, int) else None)
+    tokenized = tokenize(model, prompts, max_length=max_length, prepend_bos=prepend_bos)
+    stat = "mean_pattern" if aggregate == "mean_pattern" else _STAT_FOR[method]
+    stats = PatternStats(model, stats=(stat,), region=region, dtype=stat_dtype,
+                         max_positions=max(tokenized.lengths))
+    order = run_batches(model, tokenized, stats, batch_size=batch_size,
+                        padding_side=padding_side, progress=progress)
+    raw = stats.collect()
+    inverse = np.argsort(order)
+    kv = facts.n_kv_heads
+    fields: dict[str, Any] = dict(head_correlation=None, within_group=None, between_group=None,
+                                  entropies=None, per_prompt=None, per_prompt_heads=None,
+                                  excluded_layers=[], undefined_heads=0)
+    if method == "pattern":
+        if aggregate == "mean_pattern":
+            corr = _mean_pattern_corr(raw["mean_pattern_sum"], raw["mean_pattern_count"],
+                                      region, facts.windows)
+        else:
+            corr = raw["correlation"][inverse]
+        summary = si_from_correlations(corr)
+        _warn_undefined(summary.undefined_heads, "(prompt, layer, head) patterns")
+        value, excluded = _layer_mean(summary.per_layer)
+        fields.update(head_correlation=summary.head_correlation, excluded_layers=excluded,
+                      undefined_heads=summary.undefined_heads)
+        if aggregate == "prompt":
+            fields["per_prompt"] = summary.per_prompt_layer
+            fields["per_prompt_heads"] = _per_prompt_head_corr(corr)
+        if kv < facts.n_heads and kv > 1:
+            fields["within_group"], fields["between_group"] = gqa_group_split(corr, kv)
+        per_layer, per_head = summary.per_layer, 1.0 - summary.head_correlation
+    elif method == "entropy_profile":
+        per_prompt_heads = raw["column_entropy"][inverse]
+        entropies = per_prompt_heads.mean(axis=0)
+        corr = corrcoef_rows(entropies.T)
+        undefined = int(np.isnan(np.diagonal(corr)).sum())
+        _warn_undefined(undefined, "heads' entropy profiles across layers")
+        value = si_from_entropy_profile(entropies)
+        fields.update(entropies=entropies, per_prompt_heads=per_prompt_heads,
+                      undefined_heads=undefined)
+        per_layer, per_head = None, entropies
+        if np.isnan(value):
+            raise TLSpecError("entropy-profile SI undefined: every head's profile is constant")
+    else:
+        per_prompt_head, per_prompt = si_from_row_entropy(
+            raw["row_entropy"][inverse], np.array(tokenized.lengths)
+        )
+        per_layer = per_prompt.mean(axis=0)
+        per_head = per_prompt_head.mean(axis=0)
+        value = float(per_layer.mean())
+        fields.update(per_prompt=per_prompt, per_prompt_heads=per_prompt_head)
+    prompts_info = prompt_set(prompts).hashes()
+    settings = dict(method=method, region=region, aggregate=aggregate, max_length=max_length,
+                    batch_size=batch_size, prepend_bos=tokenized.prepend_bos,
+                    padding_side=padding_side, stat_dtype=str(stat_dtype),
+                    n_prompts=len(prompts), n_truncated=tokenized.n_truncated,
+                    per_head_meaning=_PER_HEAD_MEANING[method])
+    return SIResult(
+        method=method,
+        value=float(value),
+        per_layer=per_layer,
+        per_head=per_head,
+        tokens=[list(t) for t in tokenized.ids],
+        settings=settings,
+        provenance=provenance(model, prompts=prompts_info, architecture=facts.to_dict(),
+                              options=settings),
+        **fields,
+    )
+
+
+def _per_prompt_head_corr(corr: np.ndarray) -> np.ndarray:
+    """Each head's mean correlation with the other heads, per prompt: [P, L, H]."""
+    n = corr.shape[-1]
+    off = np.where(np.eye(n, dtype=bool), np.nan, corr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(off, axis=-1)
+

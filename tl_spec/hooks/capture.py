@@ -1,0 +1,205 @@
+"""Named hook points that reduce each layer's attention pattern to per-prompt statistics.
+
+:class:`PatternStats` attaches to ``blocks.{l}.attn.hook_pattern`` through the ordinary
+TransformerLens hook API, so it works in your own ``run_with_hooks(..., fwd_hooks=...)`` or
+``with model.hooks(...)`` code. Each hook reduces its layer's ``[batch, head, query, key]``
+pattern at once (masks for padding, causality and sliding windows applied) and keeps only small
+per-prompt tensors; no activation cache is ever held.
+
+>>> stats = PatternStats(model, stats=("correlation", "column_entropy"))  # doctest: +SKIP
+>>> stats.attention_mask = mask                                          # doctest: +SKIP
+>>> model.run_with_hooks(tokens, attention_mask=mask, fwd_hooks=stats.fwd_hooks)  # doctest: +SKIP
+>>> stats.collect()["correlation"].shape  # [prompts, layers, heads, heads]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from jaxtyping import Float
+
+from tl_spec.errors import TLSpecError
+from tl_spec.metrics.patterns import (
+    Region,
+    column_entropy,
+    entry_mask,
+    head_correlations,
+    row_entropy,
+)
+from tl_spec.models import layer_windows, require_pattern_hooks
+
+__all__ = ["STATS", "PatternStats", "Stat", "pattern_hook_name"]
+
+Stat = Literal["correlation", "column_entropy", "row_entropy", "mean_pattern"]
+STATS: tuple[str, ...] = ("correlation", "column_entropy", "row_entropy", "mean_pattern")
+
+
+def pattern_hook_name(layer: int) -> str:
+    """The TransformerLens hook name of layer ``layer``'s attention pattern.
+
+    >>> pattern_hook_name(3)
+    'blocks.3.attn.hook_pattern'
+    """
+    return f"blocks.{layer}.attn.hook_pattern"
+
+
+class PatternStats:
+    """Reduce attention patterns inside hooks, batch after batch, into per-prompt statistics.
+
+    ``stats`` picks what to keep per prompt and layer: ``"correlation"`` (head x head Pearson
+    correlation over the ``region``'s entries), ``"column_entropy"`` (normalized entropy of the
+    mean attention row, as in the E11 notebooks), ``"row_entropy"`` (mean row entropy in nats),
+    ``"mean_pattern"`` (running sum of patterns aligned at each prompt's first token, for the
+    paper's batch-averaged variant). Set :attr:`attention_mask` before each forward pass
+    (``None`` means every token is real); call :meth:`collect` at the end.
+
+    >>> stats = PatternStats(model, stats=("row_entropy",))  # doctest: +SKIP
+    >>> with model.hooks(fwd_hooks=stats.fwd_hooks):          # doctest: +SKIP
+    ...     model(tokens)
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        stats: Sequence[str] = ("correlation",),
+        region: Region = "lower",
+        layers: Sequence[int] | None = None,
+        dtype: torch.dtype = torch.float32,
+        max_positions: int | None = None,
+    ) -> None:
+        require_pattern_hooks(model)
+        unknown = [s for s in stats if s not in STATS]
+        if unknown or not stats:
+            raise TLSpecError(f"unknown statistic(s) {unknown or stats!r}; choose from {STATS}")
+        if region not in ("lower", "full"):
+            raise TLSpecError(
+                f"unknown region {region!r}; use 'lower' (entries a causal head can attend to) "
+                "or 'full' (the whole n x n matrix, causal zeros included)"
+            )
+        if dtype not in (torch.float32, torch.float64):
+            raise TLSpecError(f"statistics need float32 or float64, got {dtype}")
+        n_layers = int(model.cfg.n_layers)
+        self.layers = list(range(n_layers)) if layers is None else [int(x) for x in layers]
+        bad = [x for x in self.layers if not 0 <= x < n_layers]
+        if bad:
+            raise TLSpecError(f"layers {bad} out of range for a model with {n_layers} layers")
+        self.stats = tuple(stats)
+        self.region: Region = region
+        self.dtype = dtype
+        self.windows = layer_windows(model)
+        self.attention_mask: torch.Tensor | None = None
+        self.n_heads = int(model.cfg.n_heads)
+        self.max_positions = max_positions
+        self._per_batch: dict[str, dict[int, list[torch.Tensor]]] = {
+            s: {layer: [] for layer in self.layers} for s in self.stats if s != "mean_pattern"
+        }
+        self._finite: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
+        self._sum: dict[int, torch.Tensor] = {}
+        self._count: torch.Tensor | None = None
+
+    @property
+    def fwd_hooks(self) -> list[tuple[str, Callable[..., None]]]:
+        """``(hook name, function)`` pairs for ``run_with_hooks`` or ``model.hooks``."""
+        return [(pattern_hook_name(layer), self._make_hook(layer)) for layer in self.layers]
+
+    def _make_hook(self, layer: int) -> Callable[..., None]:
+        def hook(pattern: torch.Tensor, *, hook: Any = None) -> None:
+            self.reduce(layer, pattern)
+            return None
+
+        hook.__name__ = f"tl_spec_pattern_stats_L{layer}"
+        return hook
+
+    def _token_valid(self, pattern: torch.Tensor) -> torch.Tensor:
+        batch, _, n_q, _ = pattern.shape
+        mask = self.attention_mask
+        if mask is None:
+            return torch.ones(batch, n_q, dtype=torch.bool, device=pattern.device)
+        if mask.shape != (batch, n_q):
+            raise TLSpecError(
+                f"attention_mask has shape {tuple(mask.shape)} but the pattern is for "
+                f"{batch} prompts x {n_q} positions; set stats.attention_mask to the mask of "
+                "the batch being run (or None for unpadded input)"
+            )
+        return mask.to(device=pattern.device).bool()
+
+    @torch.no_grad()
+    def reduce(
+        self, layer: int, pattern: Float[torch.Tensor, "batch n_heads query_pos key_pos"]
+    ) -> None:
+        """Reduce one layer's pattern for the current batch (what each hook calls)."""
+        token_valid = self._token_valid(pattern)
+        row_sums = torch.where(token_valid[:, None, :], pattern.sum(-1), 0.0)
+        self._finite[layer].append(torch.isfinite(row_sums).all())
+        store = self._per_batch
+        if "correlation" in store:
+            valid = entry_mask(token_valid, region=self.region, window=self.windows[layer])
+            store["correlation"][layer].append(head_correlations(pattern, valid, dtype=self.dtype))
+        if "column_entropy" in store:
+            ent = column_entropy(pattern, token_valid, token_valid, dtype=self.dtype)
+            store["column_entropy"][layer].append(ent)
+        if "row_entropy" in store:
+            store["row_entropy"][layer].append(
+                row_entropy(pattern, token_valid, token_valid, dtype=self.dtype)
+            )
+        if "mean_pattern" in self.stats:
+            self._accumulate(layer, pattern, token_valid)
+
+    def _accumulate(self, layer: int, pattern: torch.Tensor, token_valid: torch.Tensor) -> None:
+        """Add each prompt's valid pattern block, aligned at its first real token, to a canvas."""
+        size = self.max_positions or pattern.shape[-1]
+        if layer not in self._sum:
+            self._sum[layer] = pattern.new_zeros((self.n_heads, size, size), dtype=self.dtype)
+        count = pattern.new_zeros((size, size), dtype=self.dtype)
+        canvas = self._sum[layer]
+        if canvas.shape[-1] < pattern.shape[-1]:
+            raise TLSpecError(
+                f"a prompt of {pattern.shape[-1]} tokens exceeds max_positions={size} of the "
+                "mean-pattern canvas; raise max_positions"
+            )
+        for b in range(pattern.shape[0]):
+            pos = torch.nonzero(token_valid[b]).flatten()
+            start, n = int(pos[0]), int(pos.numel())
+            block = pattern[b, :, start : start + n, start : start + n].to(self.dtype)
+            canvas[:, :n, :n] += torch.nan_to_num(block)
+            count[:n, :n] += 1
+        if layer == self.layers[0]:
+            self._count = count if self._count is None else self._count + count
+
+    def collect(self) -> dict[str, np.ndarray]:
+        """Per-prompt statistics in the order prompts were run: ``{stat: [prompts, layers, ...]}``.
+
+        ``"correlation"`` is ``[prompts, layers, heads, heads]``; entropies ``[prompts, layers,
+        heads]``; ``"mean_pattern"`` gives ``"mean_pattern_sum"`` ``[layers, heads, n, n]`` and
+        ``"mean_pattern_count"`` ``[n, n]``.
+        """
+        bad = [x for x in self.layers if not all(bool(f) for f in self._finite[x])]
+        if bad:
+            raise TLSpecError(
+                f"the model produced non-finite attention weights on real tokens in layers {bad}; "
+                "this is a numerical problem of the forward pass (e.g. fully masked padded rows "
+                "in float64, or float16 overflow): use padding_side='right', batch_size=1, or "
+                "another dtype"
+            )
+        out: dict[str, np.ndarray] = {}
+        for stat, per_layer in self._per_batch.items():
+            if not per_layer[self.layers[0]]:
+                raise TLSpecError(
+                    "no forward pass reached the hooks; run the model with stats.fwd_hooks "
+                    "before collect()"
+                )
+            out[stat] = np.stack(
+                [torch.cat(per_layer[x]).double().cpu().numpy() for x in self.layers], axis=1
+            )
+        if "mean_pattern" in self.stats:
+            if self._count is None:
+                raise TLSpecError("no forward pass reached the hooks; nothing to collect")
+            out["mean_pattern_sum"] = np.stack(
+                [self._sum[x].double().cpu().numpy() for x in self.layers]
+            )
+            out["mean_pattern_count"] = self._count.double().cpu().numpy()
+        return out

@@ -1,0 +1,149 @@
+"""Reduce attention patterns to the per-prompt statistics every SI definition needs.
+
+Pure tensor maths (patterns and masks in, small tensors out), used inside the capture hooks so a
+layer's ``[batch, heads, query, key]`` pattern never outlives its hook. Masks say which entries
+count: padding (either side), the causal structure and sliding windows are all expressed as
+boolean masks built by :func:`entry_mask`. Statistics are computed in ``dtype`` (float32 or
+better) whatever the model's dtype.
+
+>>> import torch
+>>> pat = torch.tensor([[[[1.0, 0.0], [0.5, 0.5]], [[1.0, 0.0], [0.5, 0.5]]]])  # two identical heads
+>>> valid = entry_mask(torch.ones(1, 2, dtype=torch.bool), region="lower")
+>>> head_correlations(pat, valid)[0, 0, 1].item()
+1.0
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from jaxtyping import Bool, Float
+
+__all__ = [
+    "Region",
+    "ZERO_VARIANCE_STD",
+    "column_entropy",
+    "entry_mask",
+    "head_correlations",
+    "row_entropy",
+]
+
+Region = Literal["lower", "full"]
+
+#: A head whose pattern has a standard deviation below this over the selected entries is treated
+#: as zero-variance: its correlations are undefined (NaN), excluded and counted by the callers.
+ZERO_VARIANCE_STD = 1e-6
+
+
+def entry_mask(
+    token_valid: Bool[torch.Tensor, "batch pos"],
+    *,
+    region: Region = "lower",
+    window: int | None = None,
+) -> Bool[torch.Tensor, "batch query_pos key_pos"]:
+    """Entries that count: valid query x valid key, restricted to what a head can attend to.
+
+    ``region="lower"`` keeps key <= query and, for a sliding window ``w``, query - key < w (the
+    entries a causal head can attend to); ``region="full"`` keeps every valid x valid entry
+    (the paper's flattening, causal zeros included).
+
+    >>> entry_mask(torch.tensor([[False, True, True]]), region="lower").int().tolist()
+    [[[0, 0, 0], [0, 1, 0], [0, 1, 1]]]
+    """
+    valid = token_valid[:, :, None] & token_valid[:, None, :]
+    if region == "full":
+        return valid
+    n = token_valid.shape[-1]
+    idx = torch.arange(n, device=token_valid.device)
+    dist = idx[:, None] - idx[None, :]  # query - key
+    allowed = dist >= 0
+    if window is not None:
+        allowed &= dist < window
+    return valid & allowed
+
+
+def head_correlations(
+    pattern: Float[torch.Tensor, "batch n_heads query_pos key_pos"],
+    valid: Bool[torch.Tensor, "batch query_pos key_pos"],
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> Float[torch.Tensor, "batch n_heads n_heads"]:
+    """Pearson correlation between every pair of heads over each prompt's valid entries.
+
+    Zero-variance heads (std < :data:`ZERO_VARIANCE_STD`) get NaN rows and columns, diagonal
+    included, so callers can exclude and count them.
+
+    >>> p = torch.rand(2, 3, 4, 4)
+    >>> c = head_correlations(p, torch.ones(2, 4, 4, dtype=torch.bool))
+    >>> bool(torch.allclose(c.diagonal(dim1=-2, dim2=-1), torch.ones(2, 3)))
+    True
+    """
+    w = valid[:, None]
+    x = torch.where(w, pattern.to(dtype), 0.0)  # where, not *: padded rows may hold NaN
+    n = valid.sum(dim=(-1, -2)).to(dtype)[:, None]
+    mean = x.sum(dim=(-1, -2)) / n
+    xc = torch.where(w, x - mean[..., None, None], 0.0).flatten(-2)
+    cov = xc @ xc.transpose(-1, -2)
+    var = cov.diagonal(dim1=-2, dim2=-1)
+    sd = var.clamp_min(0).sqrt()
+    corr = (cov / (sd[..., :, None] * sd[..., None, :])).clamp(-1.0, 1.0)
+    flat = sd < ZERO_VARIANCE_STD * n.sqrt()
+    bad = flat[..., :, None] | flat[..., None, :]
+    return torch.where(bad, torch.full_like(corr, float("nan")), corr)
+
+
+def _valid_rows(
+    pattern: torch.Tensor,
+    query_valid: torch.Tensor,
+    key_valid: torch.Tensor,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    keep = (query_valid[:, None, :, None] & key_valid[:, None, None, :]).expand_as(pattern)
+    return torch.where(keep, pattern.to(dtype), 0.0)
+
+
+def column_entropy(
+    pattern: Float[torch.Tensor, "batch n_heads query_pos key_pos"],
+    query_valid: Bool[torch.Tensor, "batch query_pos"],
+    key_valid: Bool[torch.Tensor, "batch key_pos"],
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> Float[torch.Tensor, "batch n_heads"]:
+    """Normalized entropy of each head's attention averaged over valid query rows (E11 notebooks).
+
+    The mean row is renormalized, exact zeros are dropped, and H / log2(#nonzero) is returned
+    (0 when fewer than two keys receive attention).
+
+    >>> p = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
+    >>> column_entropy(p, torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 2, dtype=torch.bool)).item()
+    1.0
+    """
+    x = _valid_rows(pattern, query_valid, key_valid, dtype)
+    n_rows = query_valid.sum(-1).to(dtype)[:, None, None]
+    p = x.sum(dim=-2) / n_rows
+    p = p / p.sum(dim=-1, keepdim=True)
+    nonzero = p > 0
+    plogp = torch.where(nonzero, p * torch.log2(torch.where(nonzero, p, 1.0)), 0.0)
+    k = nonzero.sum(-1)
+    h = -plogp.sum(-1)
+    return torch.where(k >= 2, h / torch.log2(k.clamp_min(2).to(dtype)), 0.0)
+
+
+def row_entropy(
+    pattern: Float[torch.Tensor, "batch n_heads query_pos key_pos"],
+    query_valid: Bool[torch.Tensor, "batch query_pos"],
+    key_valid: Bool[torch.Tensor, "batch key_pos"],
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> Float[torch.Tensor, "batch n_heads"]:
+    """Mean over valid query rows of each row's entropy in nats (values clamped at 1e-10).
+
+    >>> p = torch.full((1, 1, 2, 2), 0.5)
+    >>> round(row_entropy(p, torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 2, dtype=torch.bool)).item(), 6)
+    0.693147
+    """
+    x = _valid_rows(pattern, query_valid, key_valid, dtype)
+    ent = -(x * torch.log(x.clamp_min(1e-10))).sum(-1)  # [batch, heads, query]
+    ent = torch.where(query_valid[:, None, :], ent, 0.0)
+    return ent.sum(-1) / query_valid.sum(-1).to(dtype)[:, None]

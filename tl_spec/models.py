@@ -1,0 +1,390 @@
+"""Model access: load a TransformerLens model and read the architecture facts analyses need.
+
+The only module that knows ``HookedTransformer`` from ``TransformerBridge``. Every analysis in
+tl_spec takes any object that fits :class:`TLModel` (both backends, or a look-alike).
+
+>>> from tl_spec.models import load_model, describe
+>>> model = load_model("path/to/hf_checkpoint", backend="bridge")  # doctest: +SKIP
+>>> describe(model).attention  # doctest: +SKIP
+'GQA'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import torch
+
+from tl_spec.errors import TLSpecError
+
+__all__ = [
+    "Backend",
+    "ModelFacts",
+    "TLModel",
+    "backend_name",
+    "describe",
+    "layer_windows",
+    "load_model",
+    "model_id",
+    "resolve_dtype",
+    "require_pattern_hooks",
+]
+
+Backend = Literal["auto", "bridge", "hooked"]
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "float64": torch.float64,
+}
+
+
+@runtime_checkable
+class TLModel(Protocol):
+    """What tl_spec needs of a model: TransformerLens' config, hook API and tokenizer."""
+
+    cfg: Any
+    tokenizer: Any
+    hook_dict: dict[str, Any]
+
+    def run_with_hooks(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def hooks(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def to_tokens(self, *args: Any, **kwargs: Any) -> torch.Tensor: ...
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """Accept a torch dtype or its name ("bfloat16", "float32", ...).
+
+    >>> resolve_dtype("bf16")
+    torch.bfloat16
+    """
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise TLSpecError(
+            f"unknown dtype {dtype!r}; use a torch dtype or one of {', '.join(sorted(_DTYPES))}"
+        )
+    return _DTYPES[key]
+
+
+def _tl_major() -> int:
+    return int(_tl_version().split(".")[0])
+
+
+def _has_hooked() -> bool:
+    try:
+        from transformer_lens import HookedTransformer  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _is_local(name: str) -> bool:
+    return Path(name).expanduser().is_dir()
+
+
+def _check_local_dir(path: Path) -> None:
+    if not (path / "config.json").exists():
+        raise TLSpecError(
+            f"{path} is a directory but has no config.json, so it is not a Hugging Face "
+            "checkpoint; point at the directory written by save_pretrained (config, weights and "
+            "tokenizer together)."
+        )
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str],
+    *,
+    backend: Backend = "auto",
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Load a TransformerLens model from a hub name (online) or a local HF checkpoint (offline).
+
+    ``backend="bridge"`` gives a ``TransformerBridge`` (exact Hugging Face numerics, every
+    architecture HF has); ``"hooked"`` a ``HookedTransformer`` (TransformerLens 3.x only; local
+    directories are converted from their config, weights unprocessed); ``"auto"`` takes the
+    bridge for local directories and on TransformerLens 4, and ``HookedTransformer`` for hub names
+    TransformerLens 3 knows. Extra ``kwargs`` go to the backend's loader.
+
+    >>> load_model("gpt2", backend="hooked", dtype="float32")  # doctest: +SKIP
+    """
+    name = os.fspath(name_or_path)
+    dtype = resolve_dtype(dtype) or torch.float32
+    if backend not in ("auto", "bridge", "hooked"):
+        raise TLSpecError(f"unknown backend {backend!r}; use 'auto', 'bridge' or 'hooked'")
+    local = _is_local(name)
+    if local:
+        _check_local_dir(Path(name).expanduser())
+    elif os.sep in name and not name.count("/") == 1:
+        raise TLSpecError(
+            f"{name!r} is neither an existing directory nor a hub name like 'org/model'; check "
+            "the path (it must be a directory holding config.json and the weights)."
+        )
+    if backend == "hooked" and not _has_hooked():
+        raise TLSpecError(
+            "backend='hooked' needs HookedTransformer, which TransformerLens "
+            f"{_tl_version()} removed; use backend='bridge' (or 'auto'), or install "
+            "transformer-lens<4."
+        )
+    if backend == "auto":
+        backend = "bridge"
+        if not local and _has_hooked() and _tl_major() < 4 and _is_official(name):
+            backend = "hooked"
+    if backend == "bridge":
+        return _load_bridge(name, dtype, device, kwargs)
+    return _load_hooked(name, local, dtype, device, kwargs)
+
+
+def _tl_version() -> str:
+    from importlib.metadata import version
+
+    return version("transformer-lens")
+
+
+def _is_official(name: str) -> bool:
+    try:
+        from transformer_lens.loading_from_pretrained import get_official_model_name
+
+        get_official_model_name(name)
+    except Exception:
+        return False
+    return True
+
+
+def _load_bridge(name: str, dtype: torch.dtype, device: Any, kwargs: dict[str, Any]) -> Any:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = TransformerBridge.boot_transformers(
+            str(Path(name).expanduser()) if _is_local(name) else name,
+            device=device or "cpu",
+            dtype=dtype,
+            **kwargs,
+        )
+    model.eval()
+    return model
+
+
+def _load_hooked(
+    name: str, local: bool, dtype: torch.dtype, device: Any, kwargs: dict[str, Any]
+) -> Any:
+    from transformer_lens import HookedTransformer
+
+    if not local:
+        return HookedTransformer.from_pretrained_no_processing(
+            name, dtype=dtype, device=device, **kwargs
+        ).eval()
+    return _hooked_from_local(Path(name).expanduser(), dtype, device, kwargs)
+
+
+def _hooked_from_local(path: Path, dtype: torch.dtype, device: Any, kwargs: dict[str, Any]) -> Any:
+    """HookedTransformer from a local checkpoint: TL's config converter, then its weight converter.
+
+    TransformerLens sniffs architecture from the *name* (``"llama"``, ``"gemma"`` in a path
+    change the branch), so the converter sees the checkpoint through a neutrally named folder of
+    symlinks (with ``n_ctx`` added to a GPT-2 config, which transformers 5 no longer carries).
+    """
+    import transformer_lens.loading_from_pretrained as loading
+    from transformer_lens import HookedTransformer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    hf_config = AutoConfig.from_pretrained(path)
+    arch = (getattr(hf_config, "architectures", None) or ["?"])[0]
+    with tempfile.TemporaryDirectory(prefix="tl_spec_") as tmp:
+        link = Path(tmp) / "checkpoint"
+        link.mkdir()
+        for item in path.resolve().iterdir():
+            if item.name != "config.json":
+                (link / item.name).symlink_to(item)
+        config = json.loads((path / "config.json").read_text())
+        if arch == "GPT2LMHeadModel":  # transformers 5 dropped the n_ctx alias TL reads
+            config.setdefault("n_ctx", config.get("n_positions", 1024))
+        (link / "config.json").write_text(json.dumps(config))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cfg = loading.get_pretrained_model_config(
+                    str(link), fold_ln=False, device=device, dtype=dtype
+                )
+        except (NotImplementedError, AttributeError, KeyError) as exc:
+            raise TLSpecError(
+                f"TransformerLens {_tl_version()} cannot build a HookedTransformer config for the "
+                f"local {arch} checkpoint {path} ({type(exc).__name__}: {exc}); load it with "
+                "backend='bridge', which supports every Hugging Face architecture."
+            ) from exc
+        hf_model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype)
+        state_dict = loading.get_pretrained_state_dict(str(link), cfg, hf_model, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = HookedTransformer(cfg, tokenizer, move_to_device=False, **kwargs)
+    model.load_and_process_state_dict(
+        state_dict,
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
+    )
+    model.cfg.model_name = str(path)
+    with contextlib.redirect_stdout(io.StringIO()):  # TL prints "Moving model to device"
+        model = model.to(device or "cpu")
+    return model.eval()
+
+
+def backend_name(model: Any) -> str:
+    """``"bridge"``, ``"hooked"`` or the class name of a look-alike.
+
+    >>> backend_name(object())
+    'object'
+    """
+    names = {c.__name__ for c in type(model).__mro__}
+    if "TransformerBridge" in names:
+        return "bridge"
+    if "HookedTransformer" in names:
+        return "hooked"
+    return type(model).__name__
+
+
+def model_id(model: Any) -> str:
+    """The name or path a model was loaded from, as well as TransformerLens records it."""
+    cfg = getattr(model, "cfg", None)
+    for attr in ("model_name", "tokenizer_name"):
+        value = getattr(cfg, attr, None)
+        if value:
+            return str(value)
+    return type(model).__name__
+
+
+def require_pattern_hooks(model: Any) -> None:
+    """Raise a clear error unless ``model`` exposes ``blocks.{l}.attn.hook_pattern`` for every layer."""
+    cfg = getattr(model, "cfg", None)
+    hook_dict = getattr(model, "hook_dict", None)
+    if cfg is None or hook_dict is None or not hasattr(model, "run_with_hooks"):
+        raise TLSpecError(
+            f"{type(model).__name__} is not a TransformerLens model (it needs .cfg, .hook_dict and "
+            "run_with_hooks); load it with tl_spec.load_model or TransformerLens."
+        )
+    missing = [
+        f"blocks.{layer}.attn.hook_pattern"
+        for layer in range(int(cfg.n_layers))
+        if f"blocks.{layer}.attn.hook_pattern" not in hook_dict
+    ]
+    if missing:
+        raise TLSpecError(
+            f"the model has no attention-pattern hook {missing[0]} ({len(missing)} layers lack "
+            "one), so patterns cannot be captured; TransformerBridge needs eager attention "
+            "(boot_transformers sets it) and HookedTransformer always has these hooks."
+        )
+
+
+def _hf_config(model: Any) -> Any:
+    original = getattr(model, "original_model", None)
+    return getattr(original, "config", None)
+
+
+def layer_windows(model: Any) -> tuple[int | None, ...]:
+    """Per-layer sliding-window size (``None`` = global attention), from TL's or HF's config.
+
+    Semantics as in Hugging Face: a query at q attends to keys k with 0 <= q - k < window.
+    """
+    cfg = model.cfg
+    n_layers = int(cfg.n_layers)
+    hf = _hf_config(model)
+    if hf is not None:
+        window = getattr(hf, "sliding_window", None)
+        types = getattr(hf, "layer_types", None)
+        if getattr(hf, "use_sliding_window", True) is False or not window:
+            return (None,) * n_layers
+        if types is not None:
+            return tuple(window if t == "sliding_attention" else None for t in types[:n_layers])
+        return (int(window),) * n_layers
+    window = getattr(cfg, "window_size", None)
+    if not getattr(cfg, "use_local_attn", False) or not window:
+        return (None,) * n_layers
+    types = getattr(cfg, "attn_types", None) or ["local"] * n_layers
+    return tuple(int(window) if t == "local" else None for t in types[:n_layers])
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """Architecture facts the analyses need (see :func:`describe`)."""
+
+    backend: str
+    model: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    kv_ratio: float
+    attention: str
+    d_head: int
+    d_model: int
+    windows: tuple[int | None, ...]
+    seq_len: int | None
+    window_binds: bool | None
+    rho_eff: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict."""
+        return asdict(self)
+
+    def table(self) -> str:
+        """Human-readable one fact per line."""
+        width = max(len(k) for k in self.to_dict())
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in self.to_dict().items())
+
+
+def describe(model: Any, seq_len: int | None = None) -> ModelFacts:
+    """Layers, heads, KV sharing (MHA/GQA/MQA), windows and rho_eff = KV ratio x n_heads / d_head.
+
+    ``window_binds`` says whether any window is shorter than ``seq_len`` (``None`` without it).
+
+    >>> describe(model, seq_len=128).rho_eff  # doctest: +SKIP
+    1.0
+    """
+    cfg = getattr(model, "cfg", None)
+    if cfg is None or not hasattr(cfg, "n_layers"):
+        raise TLSpecError(
+            f"{type(model).__name__} has no TransformerLens cfg with n_layers; pass a "
+            "HookedTransformer or TransformerBridge (tl_spec.load_model returns one)."
+        )
+    n_heads = int(cfg.n_heads)
+    n_kv = int(getattr(cfg, "n_key_value_heads", None) or n_heads)
+    d_head = int(cfg.d_head)
+    ratio = n_heads / n_kv
+    attention = "MHA" if n_kv == n_heads else ("MQA" if n_kv == 1 else "GQA")
+    windows = layer_windows(model)
+    binds = None
+    if seq_len is not None:
+        binds = any(w is not None and w < seq_len for w in windows)
+    return ModelFacts(
+        backend=backend_name(model),
+        model=model_id(model),
+        n_layers=int(cfg.n_layers),
+        n_heads=n_heads,
+        n_kv_heads=n_kv,
+        kv_ratio=ratio,
+        attention=attention,
+        d_head=d_head,
+        d_model=int(cfg.d_model),
+        windows=windows,
+        seq_len=seq_len,
+        window_binds=binds,
+        rho_eff=ratio * n_heads / d_head,
+    )

@@ -1,0 +1,153 @@
+"""Tokenization, truncation, length-bucketed batches with padding masks.
+
+Prompts are tokenized one by one with the model's own ``to_tokens`` (so BOS follows the model's
+TransformerLens default unless told otherwise), truncated to ``max_length`` with a count and a
+warning, then grouped by length into padded batches with an attention mask (1 = real token).
+
+>>> tok = tokenize(model, ["Hello world"], max_length=128)  # doctest: +SKIP
+>>> for idx, tokens, mask in batches(tok, batch_size=8, pad_id=0): ...  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Int
+
+from tl_spec.errors import TLSpecError, TLSpecWarning
+
+__all__ = ["PaddingSide", "Tokenized", "batches", "pad_id", "tokenize", "validate_prompts"]
+
+PaddingSide = Literal["left", "right"]
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    """Token ids per prompt (after truncation), and how many prompts were truncated."""
+
+    ids: tuple[tuple[int, ...], ...]
+    n_truncated: int
+    prepend_bos: bool
+    max_length: int
+
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        """Number of tokens of each prompt."""
+        return tuple(len(x) for x in self.ids)
+
+
+def validate_prompts(prompts: Sequence[str] | str) -> list[str]:
+    """Check ``prompts`` is a non-empty sequence of non-empty strings; return it as a list.
+
+    >>> validate_prompts(["a", "b"])
+    ['a', 'b']
+    """
+    if isinstance(prompts, str):
+        raise TLSpecError(
+            "prompts must be a list of strings, got a single string; wrap it: [prompt]"
+        )
+    prompts = list(prompts)
+    if not prompts:
+        raise TLSpecError(
+            "the prompt list is empty; pass at least one prompt (e.g. tl_spec.prompts.STANDARD_10)"
+        )
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str) or not p.strip():
+            raise TLSpecError(f"prompt {i} is {p!r}; every prompt must be a non-empty string")
+    return prompts
+
+
+def tokenize(
+    model: Any,
+    prompts: Sequence[str],
+    *,
+    max_length: int,
+    prepend_bos: bool | None = None,
+    min_tokens: int = 2,
+) -> Tokenized:
+    """Tokenize each prompt with ``model.to_tokens``, truncate to ``max_length``, check lengths.
+
+    Raises before any forward pass if a prompt has fewer than ``min_tokens`` tokens.
+    """
+    if not isinstance(max_length, int) or max_length < 2:
+        raise TLSpecError(
+            f"max_length must be an integer >= 2 (a pattern needs two tokens), got {max_length!r}"
+        )
+    if prepend_bos is None:
+        prepend_bos = bool(getattr(model.cfg, "default_prepend_bos", True))
+    kwargs: dict[str, Any] = {"prepend_bos": prepend_bos, "move_to_device": False}
+    if "truncate" in inspect.signature(model.to_tokens).parameters:
+        kwargs["truncate"] = False
+    ids: list[tuple[int, ...]] = []
+    truncated = 0
+    for i, prompt in enumerate(prompts):
+        row = model.to_tokens(prompt, **kwargs)[0].tolist()
+        if len(row) > max_length:
+            truncated += 1
+            row = row[:max_length]
+        if len(row) < min_tokens:
+            raise TLSpecError(
+                f"prompt {i} ({prompt!r}) has {len(row)} token(s) with prepend_bos={prepend_bos}; "
+                f"attention statistics need at least {min_tokens}. Use a longer prompt or "
+                "prepend_bos=True."
+            )
+        ids.append(tuple(int(t) for t in row))
+    if truncated:
+        warnings.warn(
+            f"{truncated} of {len(ids)} prompts were longer than max_length={max_length} tokens "
+            "and were truncated; raise max_length to keep them whole.",
+            TLSpecWarning,
+            stacklevel=3,
+        )
+    return Tokenized(tuple(ids), truncated, prepend_bos, max_length)
+
+
+def pad_id(model: Any) -> int:
+    """The id used for padding: the tokenizer's pad, else EOS, else 0 (it is always masked)."""
+    tok = getattr(model, "tokenizer", None)
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tok, attr, None)
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def batches(
+    tokenized: Tokenized,
+    *,
+    batch_size: int,
+    pad_id: int,
+    padding_side: PaddingSide = "right",
+    device: torch.device | str | None = None,
+    order: Sequence[int] | None = None,
+) -> Iterator[tuple[list[int], Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"]]]:
+    """Yield ``(prompt indices, tokens, attention_mask)`` with prompts bucketed by length.
+
+    Sorting by length before chunking keeps padding small; ``order`` overrides the order.
+
+    >>> t = Tokenized(((1, 5, 6), (1, 7)), 0, True, 8)
+    >>> [(i, m.tolist()) for i, _, m in batches(t, batch_size=2, pad_id=0, padding_side="left")]
+    [([1, 0], [[0, 1, 1], [1, 1, 1]])]
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise TLSpecError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if padding_side not in ("left", "right"):
+        raise TLSpecError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    lengths = tokenized.lengths
+    idx = list(order) if order is not None else sorted(range(len(lengths)), key=lambda i: lengths[i])
+    for start in range(0, len(idx), batch_size):
+        chunk = idx[start : start + batch_size]
+        width = max(lengths[i] for i in chunk)
+        tokens = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, i in enumerate(chunk):
+            n = lengths[i]
+            sl = slice(0, n) if padding_side == "right" else slice(width - n, width)
+            tokens[row, sl] = torch.tensor(tokenized.ids[i], dtype=torch.long)
+            mask[row, sl] = 1
+        yield chunk, tokens.to(device), mask.to(device)
