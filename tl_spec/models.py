@@ -148,9 +148,25 @@ def load_model(
         backend = "bridge"
         if not local and _has_hooked() and _tl_major() < 4 and _is_official(name):
             backend = "hooked"
-    if backend == "bridge":
-        return _load_bridge(name, dtype, device, kwargs)
-    return _load_hooked(name, local, dtype, device, kwargs)
+    with _quiet_hf():
+        if backend == "bridge":
+            return _load_bridge(name, dtype, device, kwargs)
+        return _load_hooked(name, local, dtype, device, kwargs)
+
+
+@contextlib.contextmanager
+def _quiet_hf() -> Any:
+    """Hide transformers' per-load progress bars and TL's prints; restore the settings after."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _tl_version() -> str:
@@ -243,9 +259,7 @@ def _hooked_from_local(path: Path, dtype: torch.dtype, device: Any, kwargs: dict
         fold_value_biases=False,
     )
     model.cfg.model_name = str(path)
-    with contextlib.redirect_stdout(io.StringIO()):  # TL prints "Moving model to device"
-        model = model.to(device or "cpu")
-    return model.eval()
+    return model.to(device or "cpu").eval()
 
 
 def backend_name(model: Any) -> str:

@@ -24,6 +24,7 @@ __all__ = [
     "STANDARD_10",
     "STANDARD_10_SET",
     "PromptSet",
+    "as_prompt_set",
     "load_prompts",
     "prompt_set",
 ]
@@ -91,6 +92,21 @@ def prompt_set(prompts: Sequence[str], name: str | None = None, *, source: str |
     data = _join(tup)
     return PromptSet(name or "custom", tup, source, hashlib.md5(data).hexdigest(),
                      hashlib.sha256(data).hexdigest(), file_sha256)
+
+
+def as_prompt_set(prompts: Sequence[str] | PromptSet) -> PromptSet:
+    """``prompts`` as a :class:`PromptSet`, recognising the shipped protocol sets by content.
+
+    >>> as_prompt_set(list(STANDARD_10)).name
+    'standard10_v3'
+    """
+    if isinstance(prompts, PromptSet):
+        return prompts
+    tup = tuple(prompts) if not isinstance(prompts, (str, bytes)) else prompts
+    for known in (STANDARD_10_SET, E06_SET):
+        if tup == known.prompts:
+            return known
+    return prompt_set(prompts)
 
 
 def _parse(text: str, where: str) -> list[str]:

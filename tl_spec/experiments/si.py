@@ -29,11 +29,19 @@ from tl_spec.metrics.specialization import (
     si_from_row_entropy,
 )
 from tl_spec.models import describe, require_pattern_hooks
-from tl_spec.prompts import prompt_set
+from tl_spec.prompts import PromptSet, as_prompt_set
 from tl_spec.results import Result, provenance
 from tl_spec.tokens import PaddingSide, tokenize, validate_prompts
 
-__all__ = ["METHODS", "Aggregate", "Method", "SIResult", "head_labels", "specialization_index"]
+__all__ = [
+    "METHODS",
+    "Aggregate",
+    "Method",
+    "SIResult",
+    "check_options",
+    "head_labels",
+    "specialization_index",
+]
 
 Method = Literal["pattern", "entropy_profile", "normalized_entropy"]
 Aggregate = Literal["prompt", "mean_pattern"]
@@ -120,7 +128,21 @@ class SIResult(Result):
         return "\n".join(lines)
 
 
-def _check_options(method: str, region: str, aggregate: str, batch_size: int) -> None:
+def check_options(
+    method: str,
+    region: str = "lower",
+    aggregate: str = "prompt",
+    batch_size: int = 16,
+    max_length: int = 128,
+    padding_side: str = "right",
+) -> None:
+    """Validate SI options without a model, so callers can fail before loading anything.
+
+    >>> check_options("pattern", "diagonal")
+    Traceback (most recent call last):
+    ...
+    tl_spec.errors.TLSpecError: unknown region 'diagonal'; use 'lower' (key <= query, inside any window) or 'full' (the paper's flattening of the whole n x n matrix)
+    """
     if method not in METHODS:
         raise TLSpecError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if region not in ("lower", "full"):
@@ -137,6 +159,12 @@ def _check_options(method: str, region: str, aggregate: str, batch_size: int) ->
         raise TLSpecError(f"aggregate='mean_pattern' applies to method='pattern' only, not {method!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise TLSpecError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(max_length, int) or max_length < 2:
+        raise TLSpecError(
+            f"max_length must be an integer >= 2 (a pattern needs two tokens), got {max_length!r}"
+        )
+    if padding_side not in ("left", "right"):
+        raise TLSpecError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
 
 
 def _mean_pattern_corr(
@@ -183,7 +211,7 @@ def _layer_mean(per_layer: np.ndarray) -> tuple[float, list[int]]:
 
 def specialization_index(
     model: Any,
-    prompts: Sequence[str],
+    prompts: Sequence[str] | PromptSet,
     *,
     method: Method = "pattern",
     region: Region = "lower",
@@ -192,7 +220,7 @@ def specialization_index(
     batch_size: int = 16,
     prepend_bos: bool | None = None,
     padding_side: PaddingSide = "right",
-    stat_dtype: torch.dtype = torch.float32,
+    stat_dtype: torch.dtype = torch.float64,
     progress: bool = False,
 ) -> SIResult:
     """Specialization Index of ``model`` on ``prompts`` (GUIDE section 1 definitions, by name).
@@ -206,10 +234,11 @@ def specialization_index(
     >>> r = specialization_index(model, ["The cat sat.", "Dogs bark loudly."])  # doctest: +SKIP
     >>> r.value, r.per_layer  # doctest: +SKIP
     """
-    _check_options(method, region, aggregate, batch_size)
-    prompts = validate_prompts(prompts)
+    check_options(method, region, aggregate, batch_size, max_length, padding_side)
+    pset = as_prompt_set(prompts) if isinstance(prompts, PromptSet) else None
+    prompts = validate_prompts(pset.prompts if pset else prompts)
     require_pattern_hooks(model)
-    facts = describe(model, seq_len=max_length if isinstance(max_length, int) else None)
+    facts = describe(model, seq_len=max_length)
     tokenized = tokenize(model, prompts, max_length=max_length, prepend_bos=prepend_bos)
     stat = "mean_pattern" if aggregate == "mean_pattern" else _STAT_FOR[method]
     stats = PatternStats(model, stats=(stat,), region=region, dtype=stat_dtype,
@@ -259,7 +288,7 @@ def specialization_index(
         per_head = per_prompt_head.mean(axis=0)
         value = float(per_layer.mean())
         fields.update(per_prompt=per_prompt, per_prompt_heads=per_prompt_head)
-    prompts_info = prompt_set(prompts).hashes()
+    prompts_info = (pset or as_prompt_set(prompts)).hashes()
     settings = dict(method=method, region=region, aggregate=aggregate, max_length=max_length,
                     batch_size=batch_size, prepend_bos=tokenized.prepend_bos,
                     padding_side=padding_side, stat_dtype=str(stat_dtype),

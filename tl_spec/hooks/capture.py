@@ -68,7 +68,7 @@ class PatternStats:
         stats: Sequence[str] = ("correlation",),
         region: Region = "lower",
         layers: Sequence[int] | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype = torch.float64,
         max_positions: int | None = None,
     ) -> None:
         require_pattern_hooks(model)

@@ -3,8 +3,8 @@
 Pure tensor maths (patterns and masks in, small tensors out), used inside the capture hooks so a
 layer's ``[batch, heads, query, key]`` pattern never outlives its hook. Masks say which entries
 count: padding (either side), the causal structure and sliding windows are all expressed as
-boolean masks built by :func:`entry_mask`. Statistics are computed in ``dtype`` (float32 or
-better) whatever the model's dtype.
+boolean masks built by :func:`entry_mask`. Statistics are computed in ``dtype`` (float64 by
+default, float32 at least) whatever the model's dtype, in query-row chunks of bounded size.
 
 >>> import torch
 >>> pat = torch.tensor([[[[1.0, 0.0], [0.5, 0.5]], [[1.0, 0.0], [0.5, 0.5]]]])  # two identical heads
@@ -15,6 +15,7 @@ better) whatever the model's dtype.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -22,6 +23,7 @@ from jaxtyping import Bool, Float
 
 __all__ = [
     "Region",
+    "CHUNK_BYTES",
     "ZERO_VARIANCE_STD",
     "column_entropy",
     "entry_mask",
@@ -63,44 +65,66 @@ def entry_mask(
     return valid & allowed
 
 
+def _row_chunks(pattern: torch.Tensor, dtype: torch.dtype, budget_bytes: int) -> list[slice]:
+    """Query-row slices whose ``dtype`` copy of the pattern stays under ``budget_bytes``."""
+    batch, heads, n_q, n_k = pattern.shape
+    per_row = max(1, batch * heads * n_k * torch.finfo(dtype).bits // 8)
+    rows = max(1, budget_bytes // per_row)
+    return [slice(q0, min(q0 + rows, n_q)) for q0 in range(0, n_q, rows)]
+
+
+#: Temporaries of the statistics are built in query-row chunks of at most this many bytes, so a
+#: long prompt costs a bounded amount of memory on top of the pattern TransformerLens already holds.
+CHUNK_BYTES = 64 * 2**20
+
+
 def head_correlations(
     pattern: Float[torch.Tensor, "batch n_heads query_pos key_pos"],
     valid: Bool[torch.Tensor, "batch query_pos key_pos"],
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype = torch.float64,
 ) -> Float[torch.Tensor, "batch n_heads n_heads"]:
     """Pearson correlation between every pair of heads over each prompt's valid entries.
 
+    Two passes (mean, then centred cross-products) in ``dtype``, chunked over query rows.
     Zero-variance heads (std < :data:`ZERO_VARIANCE_STD`) get NaN rows and columns, diagonal
     included, so callers can exclude and count them.
 
     >>> p = torch.rand(2, 3, 4, 4)
     >>> c = head_correlations(p, torch.ones(2, 4, 4, dtype=torch.bool))
-    >>> bool(torch.allclose(c.diagonal(dim1=-2, dim2=-1), torch.ones(2, 3)))
+    >>> bool(torch.allclose(c.diagonal(dim1=-2, dim2=-1), torch.ones(2, 3, dtype=c.dtype)))
     True
     """
-    w = valid[:, None]
-    x = torch.where(w, pattern.to(dtype), 0.0)  # where, not *: padded rows may hold NaN
+    chunks = _row_chunks(pattern, dtype, CHUNK_BYTES)
+    batch, heads = pattern.shape[:2]
     n = valid.sum(dim=(-1, -2)).to(dtype)[:, None]
-    mean = x.sum(dim=(-1, -2)) / n
-    xc = torch.where(w, x - mean[..., None, None], 0.0).flatten(-2)
-    cov = xc @ xc.transpose(-1, -2)
-    var = cov.diagonal(dim1=-2, dim2=-1)
-    sd = var.clamp_min(0).sqrt()
+    total = pattern.new_zeros((batch, heads), dtype=dtype)
+    for rows in chunks:  # where, not *: padded rows may hold NaN
+        w = valid[:, None, rows]
+        total += torch.where(w, pattern[:, :, rows].to(dtype), 0.0).sum(dim=(-1, -2))
+    mean = (total / n)[..., None, None]
+    cov = pattern.new_zeros((batch, heads, heads), dtype=dtype)
+    for rows in chunks:
+        w = valid[:, None, rows]
+        xc = torch.where(w, pattern[:, :, rows].to(dtype) - mean, 0.0).flatten(-2)
+        cov += xc @ xc.transpose(-1, -2)
+    sd = cov.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt()
     corr = (cov / (sd[..., :, None] * sd[..., None, :])).clamp(-1.0, 1.0)
     flat = sd < ZERO_VARIANCE_STD * n.sqrt()
     bad = flat[..., :, None] | flat[..., None, :]
     return torch.where(bad, torch.full_like(corr, float("nan")), corr)
 
 
-def _valid_rows(
+def _valid_row_chunks(
     pattern: torch.Tensor,
     query_valid: torch.Tensor,
     key_valid: torch.Tensor,
     dtype: torch.dtype,
-) -> torch.Tensor:
-    keep = (query_valid[:, None, :, None] & key_valid[:, None, None, :]).expand_as(pattern)
-    return torch.where(keep, pattern.to(dtype), 0.0)
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Chunks of the pattern in ``dtype`` with invalid rows and keys set to 0 (NaN-safe)."""
+    for rows in _row_chunks(pattern, dtype, CHUNK_BYTES):
+        keep = query_valid[:, None, rows, None] & key_valid[:, None, None, :]
+        yield rows, torch.where(keep, pattern[:, :, rows].to(dtype), 0.0)
 
 
 def column_entropy(
@@ -108,7 +132,7 @@ def column_entropy(
     query_valid: Bool[torch.Tensor, "batch query_pos"],
     key_valid: Bool[torch.Tensor, "batch key_pos"],
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype = torch.float64,
 ) -> Float[torch.Tensor, "batch n_heads"]:
     """Normalized entropy of each head's attention averaged over valid query rows (E11 notebooks).
 
@@ -119,9 +143,11 @@ def column_entropy(
     >>> column_entropy(p, torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 2, dtype=torch.bool)).item()
     1.0
     """
-    x = _valid_rows(pattern, query_valid, key_valid, dtype)
-    n_rows = query_valid.sum(-1).to(dtype)[:, None, None]
-    p = x.sum(dim=-2) / n_rows
+    batch, heads, _, n_k = pattern.shape
+    col = pattern.new_zeros((batch, heads, n_k), dtype=dtype)
+    for _, x in _valid_row_chunks(pattern, query_valid, key_valid, dtype):
+        col += x.sum(dim=-2)
+    p = col / query_valid.sum(-1).to(dtype)[:, None, None]
     p = p / p.sum(dim=-1, keepdim=True)
     nonzero = p > 0
     plogp = torch.where(nonzero, p * torch.log2(torch.where(nonzero, p, 1.0)), 0.0)
@@ -135,7 +161,7 @@ def row_entropy(
     query_valid: Bool[torch.Tensor, "batch query_pos"],
     key_valid: Bool[torch.Tensor, "batch key_pos"],
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype = torch.float64,
 ) -> Float[torch.Tensor, "batch n_heads"]:
     """Mean over valid query rows of each row's entropy in nats (values clamped at 1e-10).
 
@@ -143,7 +169,8 @@ def row_entropy(
     >>> round(row_entropy(p, torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 2, dtype=torch.bool)).item(), 6)
     0.693147
     """
-    x = _valid_rows(pattern, query_valid, key_valid, dtype)
-    ent = -(x * torch.log(x.clamp_min(1e-10))).sum(-1)  # [batch, heads, query]
-    ent = torch.where(query_valid[:, None, :], ent, 0.0)
-    return ent.sum(-1) / query_valid.sum(-1).to(dtype)[:, None]
+    total = pattern.new_zeros(pattern.shape[:2], dtype=dtype)
+    for rows, x in _valid_row_chunks(pattern, query_valid, key_valid, dtype):
+        ent = -(x * torch.log(x.clamp_min(1e-10))).sum(-1)  # [batch, heads, rows]
+        total += torch.where(query_valid[:, None, rows], ent, 0.0).sum(-1)
+    return total / query_valid.sum(-1).to(dtype)[:, None]

@@ -1,0 +1,151 @@
+"""The ``tl-spec`` command: parse, call the public API, print. No measurement logic lives here.
+
+>>> main(["describe", "path/to/checkpoint"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from tl_spec.errors import TLSpecError
+
+__all__ = ["build_parser", "main"]
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="local Hugging Face checkpoint directory or hub name (online)")
+    p.add_argument("--backend", default="auto", choices=("auto", "bridge", "hooked"))
+    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16, float64")
+    p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, ...")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``tl-spec`` (one sub-command per measurement)."""
+    parser = argparse.ArgumentParser(
+        prog="tl-spec",
+        description="Attention-head specialization measurements for TransformerLens models.",
+    )
+    parser.add_argument("--version", action="store_true", help="print versions and exit")
+    sub = parser.add_subparsers(dest="command")
+
+    si = sub.add_parser("si", help="Specialization Index of one model")
+    _add_model_args(si)
+    si.add_argument("--method", default="pattern",
+                    choices=("pattern", "entropy_profile", "normalized_entropy"))
+    si.add_argument("--region", default="lower", choices=("lower", "full"))
+    si.add_argument("--aggregate", default="prompt", choices=("prompt", "mean_pattern"))
+    si.add_argument("--prompts", default=None,
+                    help="prompt file (numbered 'N. text' or one per line); default Standard-10")
+    si.add_argument("--prompts-md5", default=None, help="expected MD5 of '|||'.join(prompts)")
+    si.add_argument("--prompts-sha256", default=None, help="expected SHA-256 of the file")
+    si.add_argument("--max-length", type=int, default=128)
+    si.add_argument("--batch-size", type=int, default=16)
+    si.add_argument("--padding-side", default="right", choices=("right", "left"))
+    si.add_argument("--json", default=None, metavar="PATH|-",
+                    help="write the result as JSON (atomically) to PATH, or to stdout with -")
+
+    de = sub.add_parser("describe", help="architecture facts: heads, KV sharing, windows, rho_eff")
+    _add_model_args(de)
+    de.add_argument("--seq-len", type=int, default=None, help="say whether windows bind here")
+    de.add_argument("--json", default=None, metavar="PATH|-")
+
+    tiny = sub.add_parser("tiny", help="write a tiny random-init HF checkpoint (offline trials)")
+    tiny.add_argument("path")
+    from tl_spec.zoo.tiny import ARCHS
+
+    tiny.add_argument("--arch", default="llama-gqa", choices=ARCHS)
+    tiny.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _emit_json(payload: str, target: str | None) -> None:
+    from tl_spec.results import atomic_write_text
+
+    if target == "-":
+        sys.stdout.write(payload)
+    elif target:
+        atomic_write_text(target, payload)
+        print(f"wrote {target}", file=sys.stderr)
+
+
+def _cmd_si(args: argparse.Namespace) -> None:
+    from tl_spec import load_model, specialization_index
+    from tl_spec.experiments.si import check_options
+    from tl_spec.prompts import STANDARD_10_SET, load_prompts
+
+    check_options(args.method, args.region, args.aggregate, args.batch_size, args.max_length,
+                  args.padding_side)
+    if args.prompts:
+        pset = load_prompts(args.prompts, md5=args.prompts_md5, sha256=args.prompts_sha256)
+    else:
+        pset = STANDARD_10_SET
+    model = load_model(args.model, backend=args.backend, dtype=args.dtype, device=args.device)
+    result = specialization_index(
+        model,
+        list(pset.prompts),
+        method=args.method,
+        region=args.region,
+        aggregate=args.aggregate,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        padding_side=args.padding_side,
+        progress=sys.stderr.isatty(),
+    )
+    result.provenance["prompt_set"] = pset.hashes()
+    out = sys.stderr if args.json == "-" else sys.stdout
+    print(f"model: {args.model}  prompts: {pset.name} ({len(pset)})", file=out)
+    print(result.table(), file=out)
+    if args.json:
+        _emit_json(result.to_json(), args.json)
+
+
+def _cmd_describe(args: argparse.Namespace) -> None:
+    from tl_spec import describe, load_model
+
+    model = load_model(args.model, backend=args.backend, dtype=args.dtype, device=args.device)
+    facts = describe(model, seq_len=args.seq_len)
+    if args.json != "-":
+        print(facts.table())
+    if args.json:
+        _emit_json(json.dumps(facts.to_dict(), indent=1) + "\n", args.json)
+
+
+def _cmd_tiny(args: argparse.Namespace) -> None:
+    from tl_spec.zoo.tiny import build_random_checkpoint
+
+    path = build_random_checkpoint(args.path, arch=args.arch, seed=args.seed)
+    print(f"wrote a random-init {args.arch} checkpoint to {path}")
+
+
+_COMMANDS: dict[str, Any] = {"si": _cmd_si, "describe": _cmd_describe, "tiny": _cmd_tiny}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``tl-spec``; returns the exit status (2 for bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from tl_spec.results import versions
+
+        print(json.dumps(versions(), indent=1))
+        return 0
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            _COMMANDS[args.command](args)
+    except TLSpecError as exc:
+        print(f"tl-spec {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
