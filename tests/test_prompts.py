@@ -236,8 +236,16 @@ def test_prompt_set_rejects_bad_items(bad, match):
 
 def test_public_api():
     assert sorted(P.__all__) == sorted(
-        ["E06_SET", "E06_TEXTS", "STANDARD_10", "STANDARD_10_SET", "PromptSet", "load_prompts",
-         "prompt_set"]
+        ["E06_SET", "E06_TEXTS", "STANDARD_10", "STANDARD_10_SET", "PromptSet", "as_prompt_set",
+         "load_prompts", "prompt_set"]
     )
     for name in P.__all__:
         assert hasattr(P, name)
+
+
+def test_as_prompt_set_recognises_the_protocol_sets():
+    assert P.as_prompt_set(list(P.STANDARD_10)) is P.STANDARD_10_SET
+    assert P.as_prompt_set(P.E06_TEXTS) is P.E06_SET
+    assert P.as_prompt_set(P.STANDARD_10_SET) is P.STANDARD_10_SET
+    own = P.as_prompt_set(["one prompt", "two prompts"])
+    assert own.name == "custom" and own.file_sha256 is None

@@ -15,10 +15,12 @@ from importlib.metadata import PackageNotFoundError, version
 
 from tl_spec import prompts
 from tl_spec.errors import TLSpecError, TLSpecWarning
+from tl_spec.experiments.delta import DeltaResult, delta_from_results, delta_si
 from tl_spec.experiments.si import SIResult, specialization_index
 from tl_spec.hooks.capture import PatternStats
 from tl_spec.metrics.specialization import si_from_entropy_profile
 from tl_spec.models import ModelFacts, describe, load_model
+from tl_spec.results import load_result
 
 try:
     __version__ = version("tl_spec")
@@ -26,14 +28,18 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+source"
 
 __all__ = [
+    "DeltaResult",
     "ModelFacts",
     "PatternStats",
     "SIResult",
     "TLSpecError",
     "TLSpecWarning",
     "__version__",
+    "delta_from_results",
+    "delta_si",
     "describe",
     "load_model",
+    "load_result",
     "prompts",
     "si_from_entropy_profile",
     "specialization_index",

@@ -49,6 +49,32 @@ def build_parser() -> argparse.ArgumentParser:
     si.add_argument("--json", default=None, metavar="PATH|-",
                     help="write the result as JSON (atomically) to PATH, or to stdout with -")
 
+    dl = sub.add_parser("delta", help="ΔSI between a base model and its tuned twin, with statistics")
+    dl.add_argument("base", help="base model: checkpoint directory or hub name")
+    dl.add_argument("tuned", help="tuned model (same architecture)")
+    dl.add_argument("--backend", default="auto", choices=("auto", "bridge", "hooked"))
+    dl.add_argument("--dtype", default=None)
+    dl.add_argument("--device", default=None)
+    dl.add_argument("--method", default="pattern",
+                    choices=("pattern", "entropy_profile", "normalized_entropy"))
+    dl.add_argument("--region", default="lower", choices=("lower", "full"))
+    dl.add_argument("--prompts", default=None, help="prompt file; default Standard-10")
+    dl.add_argument("--prompts-md5", default=None)
+    dl.add_argument("--max-length", type=int, default=128)
+    dl.add_argument("--confidence", type=float, default=0.95)
+    dl.add_argument("--n-resamples", type=int, default=10_000)
+    dl.add_argument("--seed", type=int, default=0)
+    dl.add_argument("--chat-template", nargs="?", const="tokenizer", default=None,
+                    metavar="FILE",
+                    help="wrap prompts for the tuned model in its tokenizer's chat template, or "
+                         "in the Jinja template read from FILE")
+    dl.add_argument("--allow-different-tokenizers", action="store_true")
+    dl.add_argument("--json", default=None, metavar="PATH|-")
+
+    from tl_spec.audit import add_audit_parser
+
+    add_audit_parser(sub)
+
     de = sub.add_parser("describe", help="architecture facts: heads, KV sharing, windows, rho_eff")
     _add_model_args(de)
     de.add_argument("--seq-len", type=int, default=None, help="say whether windows bind here")
@@ -76,14 +102,10 @@ def _emit_json(payload: str, target: str | None) -> None:
 def _cmd_si(args: argparse.Namespace) -> None:
     from tl_spec import load_model, specialization_index
     from tl_spec.experiments.si import check_options
-    from tl_spec.prompts import STANDARD_10_SET, load_prompts
 
     check_options(args.method, args.region, args.aggregate, args.batch_size, args.max_length,
                   args.padding_side)
-    if args.prompts:
-        pset = load_prompts(args.prompts, md5=args.prompts_md5, sha256=args.prompts_sha256)
-    else:
-        pset = STANDARD_10_SET
+    pset = _load_prompt_set(args)
     model = load_model(args.model, backend=args.backend, dtype=args.dtype, device=args.device)
     result = specialization_index(
         model,
@@ -100,6 +122,47 @@ def _cmd_si(args: argparse.Namespace) -> None:
     out = sys.stderr if args.json == "-" else sys.stdout
     print(f"model: {args.model}  prompts: {pset.name} ({len(pset)})", file=out)
     print(result.table(), file=out)
+    if args.json:
+        _emit_json(result.to_json(), args.json)
+
+
+def _load_prompt_set(args: argparse.Namespace) -> Any:
+    from tl_spec.prompts import STANDARD_10_SET, load_prompts
+
+    if args.prompts:
+        return load_prompts(args.prompts, md5=args.prompts_md5,
+                            sha256=getattr(args, "prompts_sha256", None))
+    return STANDARD_10_SET
+
+
+def _cmd_delta(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from tl_spec import delta_si, load_model
+    from tl_spec.experiments.delta import check_stats_options
+    from tl_spec.experiments.si import check_options
+
+    check_options(args.method, args.region, "prompt", 16, args.max_length)
+    pset = _load_prompt_set(args)
+    check_stats_options(args.confidence, args.n_resamples, len(pset))
+    template: bool | str | None = None
+    if args.chat_template == "tokenizer":
+        template = True
+    elif args.chat_template:
+        path = Path(args.chat_template)
+        if not path.is_file():
+            raise TLSpecError(f"--chat-template {path}: no such file (give a Jinja template file, "
+                              "or no value to use the tuned tokenizer's own template)")
+        template = path.read_text(encoding="utf-8")
+    base = load_model(args.base, backend=args.backend, dtype=args.dtype, device=args.device)
+    tuned = load_model(args.tuned, backend=args.backend, dtype=args.dtype, device=args.device)
+    result = delta_si(base, tuned, pset, method=args.method, region=args.region,
+                      max_length=args.max_length, confidence=args.confidence,
+                      n_resamples=args.n_resamples, seed=args.seed, chat_template=template,
+                      allow_different_tokenizers=args.allow_different_tokenizers)
+    out = sys.stderr if args.json == "-" else sys.stdout
+    print(f"base: {args.base}\ntuned: {args.tuned}\nprompts: {pset.name} ({len(pset)})", file=out)
+    print(result.summary(), file=out)
     if args.json:
         _emit_json(result.to_json(), args.json)
 
@@ -122,7 +185,14 @@ def _cmd_tiny(args: argparse.Namespace) -> None:
     print(f"wrote a random-init {args.arch} checkpoint to {path}")
 
 
-_COMMANDS: dict[str, Any] = {"si": _cmd_si, "describe": _cmd_describe, "tiny": _cmd_tiny}
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from tl_spec.audit import run_audit
+
+    return run_audit(args)
+
+
+_COMMANDS: dict[str, Any] = {"si": _cmd_si, "delta": _cmd_delta, "describe": _cmd_describe,
+                             "tiny": _cmd_tiny, "audit": _cmd_audit}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -140,11 +210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning)
-            _COMMANDS[args.command](args)
+            status = _COMMANDS[args.command](args)
     except TLSpecError as exc:
         print(f"tl-spec {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return int(status or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,10 +1,13 @@
-"""Result records: provenance, JSON-ready conversion and atomic writes.
+"""Result records: provenance, JSON Schema validation, atomic writes, and reading them back.
 
-Every experiment returns a dataclass deriving from :class:`Result`; ``to_json(path)`` writes the
-record (with :data:`SCHEMA_VERSION` and provenance) to a temporary file in the target directory
-and renames it into place, so a reader never sees a half-written file.
+Every experiment returns a dataclass deriving from :class:`Result`. ``to_json(path)`` validates
+the record against the JSON Schema shipped with the package (``tl_spec/data/result.schema.json``)
+and writes it to a temporary file in the target directory that is renamed into place, so a
+reader never sees a half-written file; :func:`load_result` validates again and rebuilds the
+object. ``to_frame()`` gives a tidy pandas table.
 
->>> atomic_write_text("/tmp/tl_spec_example.json", "{}\\n")  # doctest: +SKIP
+>>> si.to_json("si.json"); load_result("si.json").value == si.value  # doctest: +SKIP
+True
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ import os
 import platform
 import sys
 import tempfile
+from collections.abc import Callable
+from functools import cache
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -27,10 +33,14 @@ import torch
 __all__ = [
     "SCHEMA_VERSION",
     "Result",
+    "array",
     "atomic_write_text",
     "config_hash",
     "jsonable",
+    "load_result",
     "provenance",
+    "result_schema",
+    "validate_record",
     "versions",
 ]
 
@@ -128,10 +138,66 @@ def provenance(model: Any, **extra: Any) -> dict[str, Any]:
     return jsonable(record)
 
 
-class Result:
-    """Mixin for experiment results: ``to_dict`` and atomic ``to_json``."""
+def array(value: Any) -> np.ndarray | None:
+    """Rebuild a numeric array from JSON (``None`` entries become NaN; ``None`` stays ``None``).
 
-    kind: str = "result"
+    >>> array([[1, None]])
+    array([[ 1., nan]])
+    """
+    if value is None:
+        return None
+    return np.array(value, dtype=np.float64) if value != [] else np.zeros(0)
+
+
+@cache
+def result_schema() -> dict[str, Any]:
+    """The JSON Schema of result files shipped with the package."""
+    text = resources.files("tl_spec").joinpath("data/result.schema.json").read_text("utf-8")
+    return json.loads(text)
+
+
+def validate_record(record: Any, where: str = "result") -> None:
+    """Check a record against :func:`result_schema`; the error names the place and the field."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    from tl_spec.errors import TLSpecError
+
+    if not isinstance(record, dict):
+        raise TLSpecError(f"{where}: a result file holds a JSON object, found {type(record).__name__}")
+    version = record.get("schema_version")
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise TLSpecError(
+            f"{where}: written with result schema version {version}, but this tl_spec reads up to "
+            f"version {SCHEMA_VERSION}; upgrade tl_spec to read it."
+        )
+    error = best_match(Draft202012Validator(result_schema()).iter_errors(record))
+    if error is not None:
+        field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+        raise TLSpecError(
+            f"{where}: field '{field.lstrip('.') or '(top level)'}' is invalid: {error.message}. "
+            "The file does not match the tl_spec result schema (hand-edited or from another "
+            "tool?); regenerate it with tl_spec."
+        )
+
+
+_REGISTRY: dict[str, type[Result]] = {}
+
+
+class Result:
+    """Mixin for experiment results: ``to_dict``, validated atomic ``to_json``, ``from_dict``.
+
+    Subclasses set ``kind`` and ``decoders`` (field name -> function rebuilding the field from
+    JSON, e.g. :func:`array`); they are registered so :func:`load_result` can rebuild them.
+    """
+
+    kind: ClassVar[str] = "result"
+    decoders: ClassVar[dict[str, Callable[[Any], Any]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.kind != "result":
+            _REGISTRY[cls.kind] = cls
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict with ``schema_version`` and ``kind``."""
@@ -139,8 +205,45 @@ class Result:
         return {"schema_version": SCHEMA_VERSION, "kind": self.kind, **jsonable(body)}
 
     def to_json(self, path: str | os.PathLike[str] | None = None, *, indent: int = 1) -> str:
-        """Serialize; when ``path`` is given, write it atomically as well."""
-        text = json.dumps(self.to_dict(), indent=indent, allow_nan=False) + "\n"
+        """Serialize (validated against the schema); with ``path``, also write it atomically."""
+        record = self.to_dict()
+        validate_record(record, f"{self.kind} result")
+        text = json.dumps(record, indent=indent, allow_nan=False) + "\n"
         if path is not None:
             atomic_write_text(path, text)
         return text
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> Any:
+        """Rebuild the object from :meth:`to_dict` output (arrays and nested objects decoded)."""
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        values = {k: cls.decoders.get(k, _identity)(v) for k, v in record.items() if k in names}
+        return cls(**values)
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def load_result(path: str | os.PathLike[str]) -> Any:
+    """Read a result file written by tl_spec, validate it, and rebuild its object.
+
+    >>> load_result("si.json").per_layer  # doctest: +SKIP
+    """
+    from tl_spec.errors import TLSpecError
+
+    import tl_spec.experiments  # noqa: F401  (registers every result kind)
+
+    target = Path(path)
+    if not target.is_file():
+        raise TLSpecError(f"{target}: no such result file")
+    text = target.read_text(encoding="utf-8")
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TLSpecError(
+            f"{target}: not valid JSON at line {exc.lineno}, column {exc.colno} ({exc.msg}); the "
+            "file is truncated or damaged: rerun the experiment that wrote it."
+        ) from None
+    validate_record(record, str(target))
+    return _REGISTRY[record["kind"]].from_dict(record)

@@ -30,7 +30,7 @@ from tl_spec.metrics.specialization import (
 )
 from tl_spec.models import describe, require_pattern_hooks
 from tl_spec.prompts import PromptSet, as_prompt_set
-from tl_spec.results import Result, provenance
+from tl_spec.results import Result, array, provenance
 from tl_spec.tokens import PaddingSide, tokenize, validate_prompts
 
 __all__ = [
@@ -75,6 +75,11 @@ class SIResult(Result):
     """
 
     kind = "specialization_index"
+    decoders = {
+        name: array
+        for name in ("per_layer", "per_head", "head_correlation", "within_group", "between_group",
+                     "entropies", "per_prompt", "per_prompt_heads")
+    }
     method: str
     value: float
     per_layer: Float[np.ndarray, "n_layers"] | None
@@ -111,6 +116,29 @@ class SIResult(Result):
         picked = ranked[::-1][:k] if largest else ranked[:k]
         labels = head_labels(self.n_layers, self.n_heads)
         return [(labels[i // self.n_heads][i % self.n_heads], float(flat[i])) for i in picked]
+
+    def to_frame(self) -> Any:
+        """Tidy table, one row per head: layer, head, label, per-head scores, layer SI.
+
+        >>> si.to_frame().query("layer == 0").head()  # doctest: +SKIP
+        """
+        import pandas as pd
+
+        rows = []
+        labels = head_labels(self.n_layers, self.n_heads)
+        optional = {"head_correlation": self.head_correlation, "within_group": self.within_group,
+                    "between_group": self.between_group}
+        for layer in range(self.n_layers):
+            for head in range(self.n_heads):
+                row = {"model": self.provenance.get("model"), "method": self.method,
+                       "layer": layer, "head": head, "label": labels[layer][head],
+                       "per_head": float(self.per_head[layer, head]),
+                       "layer_si": None if self.per_layer is None else float(self.per_layer[layer])}
+                for name, values in optional.items():
+                    if values is not None:
+                        row[name] = float(values[layer, head])
+                rows.append(row)
+        return pd.DataFrame(rows)
 
     def table(self) -> str:
         """A per-layer text table and the model-level value."""

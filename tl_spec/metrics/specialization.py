@@ -27,6 +27,7 @@ __all__ = [
     "gqa_group_split",
     "si_from_correlations",
     "si_from_entropy_profile",
+    "si_from_entropy_profiles",
     "si_from_row_entropy",
     "upper_mean",
 ]
@@ -147,6 +148,26 @@ def si_from_entropy_profile(entropies: Float[np.ndarray, "n_layers n_heads"]) ->
             "pass the matrix stored as 'entropies' (layers first)."
         )
     return float(1.0 - upper_mean(corrcoef_rows(e.T)))
+
+
+def si_from_entropy_profiles(
+    entropies: Float[np.ndarray, "*batch n_layers n_heads"],
+) -> Float[np.ndarray, "*batch"]:
+    """:func:`si_from_entropy_profile` for a stack of matrices at once (used by resampling).
+
+    >>> E = np.array([[0.1, 0.9], [0.5, 0.5], [0.9, 0.1]])
+    >>> si_from_entropy_profiles(np.stack([E, E])).round(12).tolist()
+    [2.0, 2.0]
+    """
+    e = np.asarray(entropies, dtype=np.float64)
+    xc = e - e.mean(axis=-2, keepdims=True)
+    cov = np.einsum("...lh,...lg->...hg", xc, xc)
+    sd = np.sqrt(np.diagonal(cov, axis1=-2, axis2=-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = np.clip(cov / (sd[..., :, None] * sd[..., None, :]), -1.0, 1.0)
+    flat = sd == 0
+    corr = np.where(flat[..., :, None] | flat[..., None, :], np.nan, corr)
+    return 1.0 - upper_mean(corr)
 
 
 def si_from_row_entropy(

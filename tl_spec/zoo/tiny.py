@@ -21,7 +21,13 @@ import torch
 
 from tl_spec.errors import TLSpecError
 
-__all__ = ["ARCHS", "TOKENIZER_TEXT", "build_random_checkpoint", "build_tokenizer"]
+__all__ = [
+    "ARCHS",
+    "TOKENIZER_TEXT",
+    "build_random_checkpoint",
+    "build_tokenizer",
+    "build_twin_with_shared_heads",
+]
 
 Arch = Literal["llama-gqa", "llama-mha", "mistral-swa", "qwen2", "gemma2", "gpt2"]
 ARCHS: tuple[str, ...] = ("llama-gqa", "llama-mha", "mistral-swa", "qwen2", "gemma2", "gpt2")
@@ -181,3 +187,51 @@ def build_random_checkpoint(
     meta = {"builder": "tl_spec.zoo.tiny", "arch": arch, "seed": seed, "qk_scale": qk_scale}
     (out / "tl_spec_tiny.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out
+
+
+def build_twin_with_shared_heads(
+    base: str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    *,
+    layers: list[int] | tuple[int, ...],
+    heads: list[int] | tuple[int, ...],
+    source_head: int = 0,
+) -> Path:
+    """Copy ``base`` to ``path``, giving ``heads`` of ``layers`` the query/key weights of ``source_head``.
+
+    A constructed "tuned twin" whose heads are more alike in known layers (their patterns become
+    identical to the source head's), so ΔSI must be negative exactly there. Needs separate
+    ``q_proj``/``k_proj`` weights (Llama, Mistral, Qwen2, Gemma-2) and, for the key copy to be
+    possible, one KV head per query head (MHA).
+
+    >>> twin = build_twin_with_shared_heads(base_dir, "/tmp/twin", layers=[0], heads=[1, 2])  # doctest: +SKIP
+    """
+    import json as _json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    src, dst = Path(base), Path(path)
+    config = _json.loads((src / "config.json").read_text())
+    n_heads = config.get("num_attention_heads")
+    if n_heads is None or config.get("num_key_value_heads", n_heads) != n_heads:
+        raise TLSpecError(
+            "build_twin_with_shared_heads needs an MHA checkpoint with q_proj/k_proj weights "
+            "(num_key_value_heads == num_attention_heads), e.g. arch='llama-mha'"
+        )
+    d_head = config.get("head_dim") or config["hidden_size"] // n_heads
+    if not all(0 <= h < n_heads for h in (*heads, source_head)):
+        raise TLSpecError(f"heads must lie in 0..{n_heads - 1}")
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    weights = load_file(dst / "model.safetensors")
+    rows = slice(source_head * d_head, (source_head + 1) * d_head)
+    for layer in layers:
+        for proj in ("q_proj", "k_proj"):
+            w = weights[f"model.layers.{layer}.self_attn.{proj}.weight"]
+            for h in heads:
+                w[h * d_head : (h + 1) * d_head] = w[rows]
+    save_file(weights, dst / "model.safetensors", metadata={"format": "pt"})
+    meta = {"builder": "tl_spec.zoo.tiny.build_twin_with_shared_heads", "base": str(src),
+            "layers": list(layers), "heads": list(heads), "source_head": source_head}
+    (dst / "tl_spec_tiny.json").write_text(_json.dumps(meta, indent=2) + "\n")
+    return dst
