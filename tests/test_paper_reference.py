@@ -1,17 +1,14 @@
 """Golden values from the paper's reproduction package: every stored E11 `entropies` matrix and its SI.
 
-``tests/data/e11_reference.json`` holds each place in ``reference/paper4/results/*.json`` where an
-``entropies`` matrix [layers, heads] sits next to ``specialization/specialization_index`` (base and
-instruct of six models; per-seed copies where the file stores them). The tests never read the
-reference package itself; to regenerate the data file run
-
-    PYTHONPATH=. python tests/test_paper_reference.py /path/to/reference/paper4/results
+:func:`collect` finds each place in the E11 result files (copied verbatim into
+``tests/data/paper4/``) where an ``entropies`` matrix [layers, heads] sits next to
+``specialization/specialization_index`` (base and instruct of six models; per-seed copies where the
+file stores them).
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,7 +17,7 @@ import pytest
 
 from tl_spec.metrics.specialization import si_from_entropy_profile
 
-DATA = Path(__file__).parent / "data" / "e11_reference.json"
+DATA = Path(__file__).parent / "data" / "paper4"
 
 # file -> (base entries, instruct entries): 4 files store one matrix per variant, 2 store 3 seeds each.
 EXPECTED_COUNTS = {
@@ -70,7 +67,7 @@ def collect(results_dir: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def entries() -> list[dict]:
-    return json.loads(DATA.read_text())
+    return collect(DATA)
 
 
 def test_reference_file_is_complete(entries):
@@ -115,11 +112,3 @@ def test_delta_si_from_stored_matrices(entries, file):
     base, instruct = np.mean(sis["base"]), np.mean(sis["instruct"])
     delta = (instruct - base) / base * 100.0
     assert delta == pytest.approx(expected, abs=0.05), (label, delta)
-
-
-if __name__ == "__main__":  # regenerate tests/data/e11_reference.json from the reference package
-    found = collect(Path(sys.argv[1]))
-    DATA.parent.mkdir(parents=True, exist_ok=True)
-    body = ",\n".join(json.dumps(e, separators=(",", ":")) for e in found)
-    DATA.write_text("[\n" + body + "\n]\n")
-    print(f"wrote {len(found)} entries to {DATA}")

@@ -9,13 +9,12 @@ default, float32 at least) whatever the model's dtype, in query-row chunks of bo
 >>> import torch
 >>> pat = torch.tensor([[[[1.0, 0.0], [0.5, 0.5]], [[1.0, 0.0], [0.5, 0.5]]]])  # two identical heads
 >>> valid = entry_mask(torch.ones(1, 2, dtype=torch.bool), region="lower")
->>> head_correlations(pat, valid)[0, 0, 1].item()
+>>> round(head_correlations(pat, valid)[0, 0, 1].item(), 12)
 1.0
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -86,7 +85,9 @@ def head_correlations(
 ) -> Float[torch.Tensor, "batch n_heads n_heads"]:
     """Pearson correlation between every pair of heads over each prompt's valid entries.
 
-    Two passes (mean, then centred cross-products) in ``dtype``, chunked over query rows.
+    One masked ``dtype`` copy per query-row chunk feeds a Gram matrix and row sums; the
+    covariance ``G - s s^T / n`` is formed on the small ``[heads, heads]`` result (in float64 by
+    default, where the subtraction costs nothing that matters for values in [0, 1]).
     Zero-variance heads (std < :data:`ZERO_VARIANCE_STD`) get NaN rows and columns, diagonal
     included, so callers can exclude and count them.
 
@@ -95,36 +96,20 @@ def head_correlations(
     >>> bool(torch.allclose(c.diagonal(dim1=-2, dim2=-1), torch.ones(2, 3, dtype=c.dtype)))
     True
     """
-    chunks = _row_chunks(pattern, dtype, CHUNK_BYTES)
     batch, heads = pattern.shape[:2]
     n = valid.sum(dim=(-1, -2)).to(dtype)[:, None]
+    gram = pattern.new_zeros((batch, heads, heads), dtype=dtype)
     total = pattern.new_zeros((batch, heads), dtype=dtype)
-    for rows in chunks:  # where, not *: padded rows may hold NaN
-        w = valid[:, None, rows]
-        total += torch.where(w, pattern[:, :, rows].to(dtype), 0.0).sum(dim=(-1, -2))
-    mean = (total / n)[..., None, None]
-    cov = pattern.new_zeros((batch, heads, heads), dtype=dtype)
-    for rows in chunks:
-        w = valid[:, None, rows]
-        xc = torch.where(w, pattern[:, :, rows].to(dtype) - mean, 0.0).flatten(-2)
-        cov += xc @ xc.transpose(-1, -2)
+    for rows in _row_chunks(pattern, dtype, CHUNK_BYTES):  # where, not *: pad rows may hold NaN
+        x = torch.where(valid[:, None, rows], pattern[:, :, rows].to(dtype), 0.0).flatten(-2)
+        gram += x @ x.transpose(-1, -2)
+        total += x.sum(-1)
+    cov = gram - total[..., :, None] * total[..., None, :] / n[..., None]
     sd = cov.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt()
     corr = (cov / (sd[..., :, None] * sd[..., None, :])).clamp(-1.0, 1.0)
     flat = sd < ZERO_VARIANCE_STD * n.sqrt()
     bad = flat[..., :, None] | flat[..., None, :]
     return torch.where(bad, torch.full_like(corr, float("nan")), corr)
-
-
-def _valid_row_chunks(
-    pattern: torch.Tensor,
-    query_valid: torch.Tensor,
-    key_valid: torch.Tensor,
-    dtype: torch.dtype,
-) -> Iterator[tuple[slice, torch.Tensor]]:
-    """Chunks of the pattern in ``dtype`` with invalid rows and keys set to 0 (NaN-safe)."""
-    for rows in _row_chunks(pattern, dtype, CHUNK_BYTES):
-        keep = query_valid[:, None, rows, None] & key_valid[:, None, None, :]
-        yield rows, torch.where(keep, pattern[:, :, rows].to(dtype), 0.0)
 
 
 def column_entropy(
@@ -136,8 +121,8 @@ def column_entropy(
 ) -> Float[torch.Tensor, "batch n_heads"]:
     """Normalized entropy of each head's attention averaged over valid query rows (E11 notebooks).
 
-    The mean row is renormalized, exact zeros are dropped, and H / log2(#nonzero) is returned
-    (0 when fewer than two keys receive attention).
+    The mean row over valid queries, restricted to valid keys, is renormalized, exact zeros are
+    dropped, and H / log2(#nonzero) is returned (0 when fewer than two keys receive attention).
 
     >>> p = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
     >>> column_entropy(p, torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 2, dtype=torch.bool)).item()
@@ -145,8 +130,10 @@ def column_entropy(
     """
     batch, heads, _, n_k = pattern.shape
     col = pattern.new_zeros((batch, heads, n_k), dtype=dtype)
-    for _, x in _valid_row_chunks(pattern, query_valid, key_valid, dtype):
-        col += x.sum(dim=-2)
+    for rows in _row_chunks(pattern, dtype, CHUNK_BYTES):  # where, not *: pad rows may hold NaN
+        col += torch.where(query_valid[:, None, rows, None], pattern[:, :, rows].to(dtype),
+                           0.0).sum(dim=-2)
+    col = torch.where(key_valid[:, None, :], col, 0.0)
     p = col / query_valid.sum(-1).to(dtype)[:, None, None]
     p = p / p.sum(dim=-1, keepdim=True)
     nonzero = p > 0
@@ -163,14 +150,24 @@ def row_entropy(
     *,
     dtype: torch.dtype = torch.float64,
 ) -> Float[torch.Tensor, "batch n_heads"]:
-    """Mean over valid query rows of each row's entropy in nats (values clamped at 1e-10).
+    """Mean over valid query rows of each row's entropy in nats over valid keys (clamped at 1e-10).
+
+    p log p is evaluated in the pattern's precision (at least float32: a float64 log costs five
+    times more) and summed in ``dtype``. Rows are reduced first and padded rows dropped after, so
+    NaN in padded rows never spreads.
 
     >>> p = torch.full((1, 1, 2, 2), 0.5)
     >>> round(row_entropy(p, torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 2, dtype=torch.bool)).item(), 6)
     0.693147
     """
+    mask_keys = not bool(key_valid.all())
+    elementwise = torch.promote_types(pattern.dtype, torch.float32)
     total = pattern.new_zeros(pattern.shape[:2], dtype=dtype)
-    for rows, x in _valid_row_chunks(pattern, query_valid, key_valid, dtype):
-        ent = -(x * torch.log(x.clamp_min(1e-10))).sum(-1)  # [batch, heads, rows]
+    for rows in _row_chunks(pattern, elementwise, CHUNK_BYTES):
+        x = pattern[:, :, rows].to(elementwise, copy=True)  # our own copy: in-place is safe
+        if mask_keys:
+            x.masked_fill_(~key_valid[:, None, None, :], 0.0)
+        plogp = x.clamp_min(1e-10).log_().mul_(x)
+        ent = -plogp.sum(-1, dtype=dtype)  # [batch, heads, rows], summed in ``dtype``
         total += torch.where(query_valid[:, None, rows], ent, 0.0).sum(-1)
     return total / query_valid.sum(-1).to(dtype)[:, None]
