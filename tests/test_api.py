@@ -328,3 +328,40 @@ def test_no_warnings_on_a_clean_run(tl_model):
 def test_tiny_cli_writes_a_loadable_checkpoint(tmp_path):
     assert main(["tiny", str(tmp_path / "m"), "--arch", "qwen2"]) == 0
     assert Path(tmp_path / "m" / "config.json").exists()
+
+
+@pytest.mark.parametrize("method", ["pattern", "entropy_profile", "normalized_entropy"])
+def test_load_result_round_trips_si(tl_model, tmp_path, method):
+    si = tl_spec.specialization_index(tl_model("llama-gqa", "bridge"), STANDARD_10, method=method)
+    path = tmp_path / "si.json"
+    si.to_json(path)
+    back = tl_spec.load_result(path)
+    assert type(back) is type(si) and back.value == si.value and back.method == method
+    for name in ("per_layer", "per_head", "head_correlation", "within_group", "entropies",
+                 "per_prompt", "per_prompt_heads"):
+        a, b = getattr(si, name), getattr(back, name)
+        assert (a is None) == (b is None), name
+        if a is not None:
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    assert back.tokens == si.tokens and back.settings == si.settings
+    assert len(back.to_frame()) == 3 * 8
+
+
+def test_load_result_errors_name_file_and_field(tl_model, tmp_path):
+    si = tl_spec.specialization_index(tl_model("gpt2", "bridge"), STANDARD_10[:3])
+    text = si.to_json()
+    (tmp_path / "trunc.json").write_text(text[: len(text) // 2])
+    with pytest.raises(TLSpecError, match=r"trunc.json: not valid JSON at line \d+"):
+        tl_spec.load_result(tmp_path / "trunc.json")
+    record = json.loads(text)
+    record["per_head"][1][2] = "0.5"
+    (tmp_path / "edited.json").write_text(json.dumps(record))
+    with pytest.raises(TLSpecError, match=r"edited.json: field 'per_head\[1\]\[2\]' is invalid"):
+        tl_spec.load_result(tmp_path / "edited.json")
+    record = json.loads(text)
+    record["schema_version"] = 2
+    (tmp_path / "future.json").write_text(json.dumps(record))
+    with pytest.raises(TLSpecError, match="future.json: written with result schema version 2"):
+        tl_spec.load_result(tmp_path / "future.json")
+    with pytest.raises(TLSpecError, match="no such result file"):
+        tl_spec.load_result(tmp_path / "missing.json")
