@@ -119,9 +119,15 @@ def _cmd_si(args: argparse.Namespace) -> None:
         progress=sys.stderr.isatty(),
     )
     result.provenance["prompt_set"] = pset.hashes()
+    header = f"model: {args.model}  prompts: {pset.name} ({len(pset)})"
+    _report(args, header, result.table(), result)
+
+
+def _report(args: argparse.Namespace, header: str, text: str, result: Any) -> None:
+    """Print the human summary (to stderr when JSON goes to stdout) and write the JSON."""
     out = sys.stderr if args.json == "-" else sys.stdout
-    print(f"model: {args.model}  prompts: {pset.name} ({len(pset)})", file=out)
-    print(result.table(), file=out)
+    print(header, file=out)
+    print(text, file=out)
     if args.json:
         _emit_json(result.to_json(), args.json)
 
@@ -160,11 +166,8 @@ def _cmd_delta(args: argparse.Namespace) -> None:
                       max_length=args.max_length, confidence=args.confidence,
                       n_resamples=args.n_resamples, seed=args.seed, chat_template=template,
                       allow_different_tokenizers=args.allow_different_tokenizers)
-    out = sys.stderr if args.json == "-" else sys.stdout
-    print(f"base: {args.base}\ntuned: {args.tuned}\nprompts: {pset.name} ({len(pset)})", file=out)
-    print(result.summary(), file=out)
-    if args.json:
-        _emit_json(result.to_json(), args.json)
+    header = f"base: {args.base}\ntuned: {args.tuned}\nprompts: {pset.name} ({len(pset)})"
+    _report(args, header, result.summary(), result)
 
 
 def _cmd_describe(args: argparse.Namespace) -> None:

@@ -24,7 +24,7 @@ from tl_spec.experiments.si import SIResult, check_options, specialization_index
 from tl_spec.metrics.specialization import si_from_entropy_profiles
 from tl_spec.models import describe, require_pattern_hooks
 from tl_spec.prompts import PromptSet, as_prompt_set
-from tl_spec.results import Result, array, provenance
+from tl_spec.results import Result, array
 from tl_spec.stats import Interval, holm, paired_bootstrap, paired_permutation_test
 from tl_spec.tokens import tokenize, validate_prompts
 

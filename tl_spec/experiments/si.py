@@ -20,7 +20,7 @@ from jaxtyping import Float
 from tl_spec.errors import TLSpecError, TLSpecWarning
 from tl_spec.experiments.run import run_batches
 from tl_spec.hooks.capture import PatternStats
-from tl_spec.metrics.patterns import Region
+from tl_spec.metrics.patterns import Region, check_region
 from tl_spec.metrics.specialization import (
     corrcoef_rows,
     gqa_group_split,
@@ -166,18 +166,14 @@ def check_options(
 ) -> None:
     """Validate SI options without a model, so callers can fail before loading anything.
 
-    >>> check_options("pattern", "diagonal")
+    >>> check_options("attention_rollout")
     Traceback (most recent call last):
     ...
-    tl_spec.errors.TLSpecError: unknown region 'diagonal'; use 'lower' (key <= query, inside any window) or 'full' (the paper's flattening of the whole n x n matrix)
+    tl_spec.errors.TLSpecError: unknown method 'attention_rollout'; choose one of pattern, entropy_profile, normalized_entropy
     """
     if method not in METHODS:
         raise TLSpecError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if region not in ("lower", "full"):
-        raise TLSpecError(
-            f"unknown region {region!r}; use 'lower' (key <= query, inside any window) or 'full' "
-            "(the paper's flattening of the whole n x n matrix)"
-        )
+    check_region(region)
     if aggregate not in ("prompt", "mean_pattern"):
         raise TLSpecError(
             f"unknown aggregate {aggregate!r}; use 'prompt' (correlate per prompt, then average) "

@@ -24,6 +24,7 @@ from jaxtyping import Float
 from tl_spec.errors import TLSpecError
 from tl_spec.metrics.patterns import (
     Region,
+    check_region,
     column_entropy,
     entry_mask,
     head_correlations,
@@ -75,11 +76,7 @@ class PatternStats:
         unknown = [s for s in stats if s not in STATS]
         if unknown or not stats:
             raise TLSpecError(f"unknown statistic(s) {unknown or stats!r}; choose from {STATS}")
-        if region not in ("lower", "full"):
-            raise TLSpecError(
-                f"unknown region {region!r}; use 'lower' (entries a causal head can attend to) "
-                "or 'full' (the whole n x n matrix, causal zeros included)"
-            )
+        check_region(region)
         if dtype not in (torch.float32, torch.float64):
             raise TLSpecError(f"statistics need float32 or float64, got {dtype}")
         n_layers = int(model.cfg.n_layers)

@@ -24,6 +24,7 @@ __all__ = [
     "Region",
     "CHUNK_BYTES",
     "ZERO_VARIANCE_STD",
+    "check_region",
     "column_entropy",
     "entry_mask",
     "head_correlations",
@@ -35,6 +36,21 @@ Region = Literal["lower", "full"]
 #: A head whose pattern has a standard deviation below this over the selected entries is treated
 #: as zero-variance: its correlations are undefined (NaN), excluded and counted by the callers.
 ZERO_VARIANCE_STD = 1e-6
+
+
+def check_region(region: str) -> None:
+    """Raise a clear error unless ``region`` is ``"lower"`` or ``"full"``.
+
+    >>> check_region("lower")
+    """
+    if region not in ("lower", "full"):
+        from tl_spec.errors import TLSpecError
+
+        raise TLSpecError(
+            f"unknown region {region!r}; use 'lower' (key <= query, inside any sliding window: "
+            "the entries a causal head can attend to) or 'full' (the paper's flattening of the "
+            "whole n x n matrix, causal zeros included)"
+        )
 
 
 def entry_mask(
