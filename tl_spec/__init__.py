@@ -13,9 +13,16 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from tl_spec import prompts
+from tl_spec import hooks, prompts, stats
 from tl_spec.errors import TLSpecError, TLSpecWarning
 from tl_spec.experiments.delta import DeltaResult, delta_from_results, delta_si
+from tl_spec.experiments.probe import ProbeResult, SweepResult, perturbation_probe, probe_sweep
+from tl_spec.experiments.sensitivity import (
+    SensitivityComparison,
+    SensitivityResult,
+    compare_sensitivity,
+    noise_sensitivity,
+)
 from tl_spec.experiments.si import SIResult, specialization_index
 from tl_spec.hooks.capture import PatternStats
 from tl_spec.metrics.specialization import si_from_entropy_profile
@@ -31,16 +38,26 @@ __all__ = [
     "DeltaResult",
     "ModelFacts",
     "PatternStats",
+    "ProbeResult",
     "SIResult",
+    "SensitivityComparison",
+    "SensitivityResult",
+    "SweepResult",
     "TLSpecError",
     "TLSpecWarning",
     "__version__",
+    "compare_sensitivity",
     "delta_from_results",
     "delta_si",
     "describe",
     "load_model",
+    "hooks",
     "load_result",
+    "noise_sensitivity",
+    "perturbation_probe",
+    "probe_sweep",
     "prompts",
     "si_from_entropy_profile",
     "specialization_index",
+    "stats",
 ]

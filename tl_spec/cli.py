@@ -24,6 +24,52 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, ...")
 
 
+def _add_noise_args(p: argparse.ArgumentParser) -> None:
+    from tl_spec.hooks.noising import SITES
+
+    p.add_argument("--seeds", default="42,123,456", help="comma-separated noise seeds")
+    p.add_argument("--layers", default="all",
+                   help="early|middle|late|all, START:STOP, or comma-separated layer indices")
+    p.add_argument("--site", default="attn_out", help=f"one of {', '.join(SITES)}")
+    p.add_argument("--relative", action="store_true", help="sigma in units of the site's RMS")
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=16)
+
+
+def _numbers(text: str, kind: type, what: str) -> list[Any]:
+    try:
+        return [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise TLSpecError(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
+def _layer_spec(text: str) -> Any:
+    if text in ("early", "middle", "late", "all"):
+        return text
+    if ":" in text:
+        start, _, stop = text.partition(":")
+        return tuple(_numbers(f"{start},{stop}", int, "--layers START:STOP"))
+    return _numbers(text, int, "--layers")
+
+
+def _noise_options(args: argparse.Namespace, sigmas: list[float]) -> dict[str, Any]:
+    """Validate the noise options before any model is loaded."""
+    import math
+
+    from tl_spec.hooks.noising import SITES
+
+    if args.site not in SITES:
+        raise TLSpecError(f"unknown noise site {args.site!r}; choose one of {', '.join(SITES)}")
+    bad = [s for s in sigmas if not math.isfinite(s) or s < 0]
+    if bad or not sigmas:
+        raise TLSpecError(f"sigma must be a finite number >= 0, got {bad or sigmas}")
+    seeds = _numbers(args.seeds, int, "--seeds")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise TLSpecError(f"--seeds must be distinct integers, got {args.seeds!r}")
+    return dict(seeds=seeds, site=args.site, relative=args.relative,
+                max_length=args.max_length, batch_size=args.batch_size)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``tl-spec`` (one sub-command per measurement)."""
     parser = argparse.ArgumentParser(
@@ -70,6 +116,33 @@ def build_parser() -> argparse.ArgumentParser:
                          "in the Jinja template read from FILE")
     dl.add_argument("--allow-different-tokenizers", action="store_true")
     dl.add_argument("--json", default=None, metavar="PATH|-")
+
+    pr = sub.add_parser("probe", help="perturbation probe: SI response to attention-output noise")
+    _add_model_args(pr)
+    _add_noise_args(pr)
+    pr.add_argument("--sigma", type=float, default=0.05)
+    pr.add_argument("--method", default=None, help="SI method (probe: pattern; sweep: "
+                    "entropy_profile)", choices=("pattern", "entropy_profile", "normalized_entropy"))
+    pr.add_argument("--prompts", default=None, help="prompt file; default Standard-10")
+    pr.add_argument("--prompts-md5", default=None)
+    pr.add_argument("--sweep", action="store_true",
+                    help="run the E11-T grid: --regions x --sigmas x --seeds")
+    pr.add_argument("--sigmas", default="0,0.01,0.02,0.05,0.1,0.2", help="sweep sigmas")
+    pr.add_argument("--regions", default="early,middle,late,all", help="sweep layer regions")
+    pr.add_argument("--target-si", type=float, default=None,
+                    help="sweep: report recovery towards this SI (e.g. the base twin's)")
+    pr.add_argument("--json", default=None, metavar="PATH|-")
+
+    se = sub.add_parser("sensitivity", help="perplexity slope against noise sigma (E06)")
+    se.add_argument("model", help="model A: checkpoint directory or hub name")
+    se.add_argument("model_b", nargs="?", default=None, help="optional model B to compare")
+    se.add_argument("--backend", default="auto", choices=("auto", "bridge", "hooked"))
+    se.add_argument("--dtype", default=None)
+    se.add_argument("--device", default=None)
+    _add_noise_args(se)
+    se.add_argument("--sigmas", default="0,0.01,0.02,0.05,0.1,0.2")
+    se.add_argument("--texts", default=None, help="text file; default the E06 texts")
+    se.add_argument("--json", default=None, metavar="PATH|-")
 
     from tl_spec.audit import add_audit_parser
 
@@ -170,6 +243,51 @@ def _cmd_delta(args: argparse.Namespace) -> None:
     _report(args, header, result.summary(), result)
 
 
+def _cmd_probe(args: argparse.Namespace) -> None:
+    from tl_spec import load_model, perturbation_probe, probe_sweep
+
+    pset = _load_prompt_set(args)
+    sigmas = _numbers(args.sigmas, float, "--sigmas") if args.sweep else [args.sigma]
+    options = _noise_options(args, sigmas)
+    layers = _layer_spec(args.layers)
+    regions = [_layer_spec(r) for r in args.regions.split(",")] if args.sweep else None
+    model = load_model(args.model, backend=args.backend, dtype=args.dtype, device=args.device)
+    if args.sweep:
+        result = probe_sweep(model, pset, sigmas=sigmas, regions=regions,
+                             method=args.method or "entropy_profile", target_si=args.target_si,
+                             progress=True, **options)
+        frame = result.to_frame()
+        text = (f"clean SI = {result.si_clean:.6f} ({result.method})\n"
+                + frame.groupby(["region", "sigma"], sort=False)["si"].mean().unstack()
+                .round(4).to_string())
+    else:
+        result = perturbation_probe(model, pset, sigma=args.sigma, layers=layers,
+                                    method=args.method or "pattern", **options)
+        text = result.summary()
+    _report(args, f"model: {args.model}  prompts: {pset.name} ({len(pset)})", text, result)
+
+
+def _cmd_sensitivity(args: argparse.Namespace) -> None:
+    from tl_spec import compare_sensitivity, load_model, noise_sensitivity
+    from tl_spec.prompts import E06_SET, load_prompts
+
+    sigmas = _numbers(args.sigmas, float, "--sigmas")
+    options = _noise_options(args, sigmas)
+    texts = load_prompts(args.texts) if args.texts else E06_SET
+    layers = _layer_spec(args.layers)
+    results = []
+    for name in [args.model] + ([args.model_b] if args.model_b else []):
+        model = load_model(name, backend=args.backend, dtype=args.dtype, device=args.device)
+        results.append(noise_sensitivity(model, texts, sigmas=sigmas, layers=layers,
+                                         progress=True, **options))
+    text = "\n\n".join(r.summary() for r in results)
+    result: Any = results[0]
+    if len(results) == 2:
+        result = compare_sensitivity(*results)
+        text += "\n\n" + result.summary()
+    _report(args, f"texts: {texts.name} ({len(texts)})", text, result)
+
+
 def _cmd_describe(args: argparse.Namespace) -> None:
     from tl_spec import describe, load_model
 
@@ -195,7 +313,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 _COMMANDS: dict[str, Any] = {"si": _cmd_si, "delta": _cmd_delta, "describe": _cmd_describe,
-                             "tiny": _cmd_tiny, "audit": _cmd_audit}
+                             "tiny": _cmd_tiny, "audit": _cmd_audit, "probe": _cmd_probe,
+                             "sensitivity": _cmd_sensitivity}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

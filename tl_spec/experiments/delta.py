@@ -21,7 +21,7 @@ from jaxtyping import Float
 
 from tl_spec.errors import TLSpecError
 from tl_spec.experiments.si import SIResult, check_options, specialization_index
-from tl_spec.metrics.specialization import si_from_entropy_profiles
+from tl_spec.metrics.specialization import si_value_from_prompts
 from tl_spec.models import describe, require_pattern_hooks
 from tl_spec.prompts import PromptSet, as_prompt_set
 from tl_spec.results import Result, array
@@ -148,19 +148,10 @@ def check_stats_options(confidence: float, n_resamples: int, n_prompts: int) -> 
         )
 
 
-def _value_stat(b: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """ΔSI % from per-prompt per-layer SI [..., P, L], the way SIResult.value is computed."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        vb = np.nanmean(np.nanmean(b, axis=-2), axis=-1)
-        vt = np.nanmean(np.nanmean(t, axis=-2), axis=-1)
-    return relative_change(vb, vt)
-
-
-def _profile_stat(b: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """ΔSI % of entropy-profile SI from per-prompt entropies [..., P, L, H]."""
-    return relative_change(si_from_entropy_profiles(b.mean(axis=-3)),
-                           si_from_entropy_profiles(t.mean(axis=-3)))
+def _stat_for(method: str) -> Any:
+    """ΔSI % of the model-level SI from per-prompt summaries of base and tuned."""
+    return lambda b, t: relative_change(si_value_from_prompts(method, b),
+                                        si_value_from_prompts(method, t))
 
 
 def _layer_stat(layer: int) -> Any:
@@ -206,9 +197,10 @@ def delta_from_results(
     n_prompts = len(base.tokens)
     check_stats_options(confidence, n_resamples, n_prompts)
     if base.method == "entropy_profile":
-        b, t, stat = base.per_prompt_heads, tuned.per_prompt_heads, _profile_stat
+        b, t = base.per_prompt_heads, tuned.per_prompt_heads
     else:
-        b, t, stat = base.per_prompt, tuned.per_prompt, _value_stat
+        b, t = base.per_prompt, tuned.per_prompt
+    stat = _stat_for(base.method)
     if b is None or t is None:
         raise TLSpecError(
             "these SI results keep no per-prompt statistics (aggregate='mean_pattern' pools "

@@ -28,7 +28,9 @@ __all__ = [
     "si_from_correlations",
     "si_from_entropy_profile",
     "si_from_entropy_profiles",
+    "prompt_summary",
     "si_from_row_entropy",
+    "si_value_from_prompts",
     "upper_mean",
 ]
 
@@ -183,6 +185,44 @@ def si_from_row_entropy(
     norm = np.log(np.asarray(n_tokens, dtype=np.float64))[:, None, None]
     per_head = 1.0 - np.asarray(row_entropy, dtype=np.float64) / norm
     return per_head, per_head.mean(axis=-1)
+
+
+def prompt_summary(
+    method: str,
+    raw: dict[str, np.ndarray],
+    n_tokens: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per-prompt statistic each SI method averages: [P, L] SI (pattern, normalized_entropy) or
+    [P, L, H] entropies (entropy_profile), from the capture hooks' raw statistics.
+
+    >>> prompt_summary("pattern", {"correlation": np.ones((2, 1, 3, 3))}).tolist()
+    [[0.0], [0.0]]
+    """
+    if method == "pattern":
+        return 1.0 - upper_mean(raw["correlation"])
+    if method == "entropy_profile":
+        return np.asarray(raw["column_entropy"], dtype=np.float64)
+    if n_tokens is None:
+        raise ValueError("normalized_entropy needs the number of tokens of each prompt")
+    return si_from_row_entropy(raw["row_entropy"], n_tokens)[1]
+
+
+def si_value_from_prompts(
+    method: str, per_prompt: Float[np.ndarray, "*batch n_prompts ..."]
+) -> Float[np.ndarray, "*batch"]:
+    """Model-level SI from :func:`prompt_summary` output, vectorized over leading axes.
+
+    pattern / normalized_entropy: nanmean over layers of the per-layer nanmean over prompts
+    (exactly how ``SIResult.value`` is computed); entropy_profile: SI of the prompt-mean matrix.
+
+    >>> si_value_from_prompts("pattern", np.array([[0.2, 0.4], [0.4, np.nan]])).round(12)
+    np.float64(0.35)
+    """
+    x = np.asarray(per_prompt, dtype=np.float64)
+    if method == "entropy_profile":
+        return si_from_entropy_profiles(x.mean(axis=-3))
+    with _quiet():
+        return np.nanmean(np.nanmean(x, axis=-2), axis=-1)
 
 
 class _quiet:

@@ -1,0 +1,289 @@
+"""Named hook points that add Gaussian noise N(0, sigma^2) at a site of chosen layers.
+
+The noise is a pure function of (seed, prompt tokens, layer, site): each prompt's noise is drawn
+from its own generator, seeded from a hash of those four things, for the prompt's real tokens
+only, and placed at them whatever the batch size, batch order or padding side. The global RNG is
+neither used nor changed. Bind the batch (tokens, mask, per-row seeds) before each forward.
+
+>>> noise = tl_spec.hooks.noise(model, sigma=0.05, layers="late")            # doctest: +SKIP
+>>> noise.bind(tokens)                                                       # doctest: +SKIP
+>>> logits = model.run_with_hooks(tokens, fwd_hooks=noise.fwd_hooks)         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float, Int
+
+from tl_spec.errors import TLSpecError
+from tl_spec.models import describe, layer_windows
+from tl_spec.metrics.patterns import entry_mask
+
+__all__ = [
+    "SITES",
+    "LayerSpec",
+    "NoiseHooks",
+    "Site",
+    "noise",
+    "prompt_key",
+    "resolve_layers",
+    "site_hook_name",
+]
+
+Site = Literal["attn_out", "z", "pattern", "resid_pre"]
+SITES: dict[str, str] = {
+    "attn_out": "blocks.{layer}.hook_attn_out",
+    "z": "blocks.{layer}.attn.hook_z",
+    "pattern": "blocks.{layer}.attn.hook_pattern",
+    "resid_pre": "blocks.{layer}.hook_resid_pre",
+}
+_HEADED = ("z", "pattern")
+LayerSpec = str | tuple[int, int] | Sequence[int]
+
+
+def site_hook_name(site: str, layer: int) -> str:
+    """TransformerLens hook name of ``site`` in ``layer``.
+
+    >>> site_hook_name("attn_out", 3)
+    'blocks.3.hook_attn_out'
+    """
+    if site not in SITES:
+        raise TLSpecError(f"unknown noise site {site!r}; choose one of {', '.join(SITES)}")
+    return SITES[site].format(layer=layer)
+
+
+def resolve_layers(spec: LayerSpec, n_layers: int) -> list[int]:
+    """Layer indices of ``"early"``/``"middle"``/``"late"`` (thirds), ``"all"``, ``(start, stop)``
+    or an explicit list.
+
+    Thirds split at round(n/3) and round(2n/3): 32 layers give [0, 11), [11, 21), [21, 32).
+
+    >>> resolve_layers("late", 32)[:2], resolve_layers((0, 3), 32), resolve_layers([5, 1], 32)
+    ([21, 22], [0, 1, 2], [1, 5])
+    """
+    a, b = round(n_layers / 3), round(2 * n_layers / 3)
+    named = {"all": (0, n_layers), "early": (0, a), "middle": (a, b), "late": (b, n_layers)}
+    if isinstance(spec, str):
+        if spec not in named:
+            raise TLSpecError(
+                f"unknown layer range {spec!r}; use 'early', 'middle', 'late', 'all', a (start, "
+                "stop) tuple or a list of layer indices"
+            )
+        layers = list(range(*named[spec]))
+    elif isinstance(spec, tuple) and len(spec) == 2 and all(isinstance(x, int) for x in spec):
+        layers = list(range(spec[0], spec[1]))
+        if not 0 <= spec[0] < spec[1] <= n_layers:
+            raise TLSpecError(
+                f"layer range {spec} is out of range for a model with {n_layers} layers; use "
+                f"0 <= start < stop <= {n_layers}"
+            )
+    else:
+        layers = sorted({int(x) for x in spec})
+    bad = [x for x in layers if not 0 <= x < n_layers]
+    if bad or not layers:
+        raise TLSpecError(
+            f"layers {bad or spec!r} are out of range (the model has layers 0..{n_layers - 1})"
+        )
+    return layers
+
+
+def _seed_of(*parts: Any) -> int:
+    digest = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def prompt_key(ids: Sequence[int]) -> str:
+    """A stable identity of a prompt: the hash of its real token ids.
+
+    >>> prompt_key([1, 2, 3]) == prompt_key((1, 2, 3))
+    True
+    """
+    data = b"".join(int(t).to_bytes(8, "little", signed=True) for t in ids)
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+class NoiseHooks:
+    """Forward hooks adding N(0, sigma^2) noise at ``site`` in ``layers``; iterable as (name, fn).
+
+    ``heads`` (or ``kv_group``) restricts ``"z"`` and ``"pattern"`` noise to some query heads.
+    ``relative=True`` multiplies sigma by the site's RMS per layer, measured on the clean run and
+    given to :meth:`calibrate`, so models of different width get matched noise budgets.
+    ``sigma=0`` adds nothing at all (the forward is exactly the clean one).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        sigma: float,
+        layers: LayerSpec = "all",
+        site: Site = "attn_out",
+        heads: Sequence[int] | None = None,
+        kv_group: int | None = None,
+        relative: bool = False,
+        seed: int = 0,
+    ) -> None:
+        if not isinstance(sigma, int | float) or not math.isfinite(sigma) or sigma < 0:
+            raise TLSpecError(f"sigma must be a finite number >= 0, got {sigma!r}")
+        if site not in SITES:
+            raise TLSpecError(f"unknown noise site {site!r}; choose one of {', '.join(SITES)}")
+        facts = describe(model)
+        self.layers = resolve_layers(layers, facts.n_layers)
+        if (heads is not None or kv_group is not None) and site not in _HEADED:
+            raise TLSpecError(
+                f"site {site!r} has no heads; heads/kv_group apply to 'z' or 'pattern' only"
+            )
+        if kv_group is not None:
+            if not 0 <= kv_group < facts.n_kv_heads:
+                raise TLSpecError(f"kv_group must lie in 0..{facts.n_kv_heads - 1}")
+            size = facts.n_heads // facts.n_kv_heads
+            heads = list(range(kv_group * size, (kv_group + 1) * size))
+        if heads is not None:
+            heads = sorted({int(h) for h in heads})
+            if not heads or not all(0 <= h < facts.n_heads for h in heads):
+                raise TLSpecError(f"heads must lie in 0..{facts.n_heads - 1}, got {heads}")
+        missing = [site_hook_name(site, x) for x in self.layers
+                   if site_hook_name(site, x) not in model.hook_dict]
+        if missing:
+            raise TLSpecError(f"the model has no hook point {missing[0]}; cannot add noise there")
+        self.sigma, self.site, self.seed, self.relative = float(sigma), site, int(seed), relative
+        self.heads = heads
+        self.n_heads = facts.n_heads
+        self.windows = layer_windows(model)
+        self.rms: dict[int, float] | None = None
+        self._keys: list[str] | None = None
+        self._seeds: list[int] | None = None
+        self._mask: torch.Tensor | None = None
+
+    def calibrate(self, rms: dict[int, float]) -> NoiseHooks:
+        """Set the clean-run RMS of the site per layer (needed when ``relative=True``)."""
+        missing = [x for x in self.layers if x not in rms]
+        if missing:
+            raise TLSpecError(f"calibration lacks the RMS of layers {missing}")
+        self.rms = {int(k): float(v) for k, v in rms.items()}
+        return self
+
+    def bind(
+        self,
+        tokens: Int[torch.Tensor, "batch pos"],
+        attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
+        *,
+        seeds: Sequence[int] | None = None,
+        keys: Sequence[str] | None = None,
+    ) -> NoiseHooks:
+        """Bind the next forward's batch: real tokens (mask), per-row seeds, per-row prompt keys."""
+        mask = torch.ones_like(tokens) if attention_mask is None else attention_mask
+        if mask.shape != tokens.shape:
+            raise TLSpecError(f"attention_mask shape {tuple(mask.shape)} != tokens {tuple(tokens.shape)}")
+        rows = tokens.shape[0]
+        seeds = [self.seed] * rows if seeds is None else [int(s) for s in seeds]
+        if len(seeds) != rows:
+            raise TLSpecError(f"{len(seeds)} seeds for a batch of {rows} rows")
+        if keys is None:
+            keys = [prompt_key(t[m.bool()].tolist()) for t, m in zip(tokens.cpu(), mask.cpu())]
+        self._keys, self._seeds, self._mask = list(keys), seeds, mask.bool()
+        return self
+
+    def __iter__(self) -> Iterator[tuple[str, Callable[..., Any]]]:
+        return iter(self.fwd_hooks)
+
+    @property
+    def fwd_hooks(self) -> list[tuple[str, Callable[..., Any]]]:
+        """``(hook name, function)`` pairs for ``run_with_hooks`` or ``model.hooks``."""
+        return [(site_hook_name(self.site, x), self._make_hook(x)) for x in self.layers]
+
+    def _make_hook(self, layer: int) -> Callable[..., Any]:
+        def hook(activation: torch.Tensor, *, hook: Any = None) -> torch.Tensor | None:
+            if self.sigma == 0:
+                return None
+            return self.apply(layer, activation)
+
+        hook.__name__ = f"tl_spec_noise_{self.site}_L{layer}"
+        return hook
+
+    def _scale(self, layer: int) -> float:
+        if not self.relative:
+            return self.sigma
+        if self.rms is None:
+            raise TLSpecError("relative=True needs the clean-run RMS: call .calibrate(rms) first")
+        return self.sigma * self.rms[layer]
+
+    def _generator(self, row: int, layer: int, device: torch.device) -> torch.Generator:
+        assert self._keys is not None and self._seeds is not None
+        gen = torch.Generator(device=device)
+        gen.manual_seed(_seed_of(self._seeds[row], self._keys[row], layer, self.site))
+        return gen
+
+    def apply(self, layer: int, x: Float[torch.Tensor, "..."]) -> torch.Tensor:
+        """``x`` plus this layer's noise for the bound batch (a new tensor; ``x`` is untouched)."""
+        if self._mask is None:
+            raise TLSpecError(
+                "the noise hooks are not bound to a batch: call .bind(tokens, attention_mask) "
+                "before the forward, so the noise can be a pure function of each prompt"
+            )
+        if x.shape[0] != self._mask.shape[0]:
+            raise TLSpecError(f"bound batch has {self._mask.shape[0]} rows, activation {x.shape[0]}")
+        if self.site == "pattern":
+            return self._noisy_pattern(layer, x)
+        out = x.clone()
+        scale = self._scale(layer)
+        for row in range(x.shape[0]):
+            pos = torch.nonzero(self._mask[row]).flatten()
+            start, n = int(pos[0]), int(pos.numel())
+            shape = (n, *x.shape[2:])
+            noise = torch.randn(shape, generator=self._generator(row, layer, x.device),
+                                device=x.device, dtype=torch.float32) * scale
+            if self.heads is not None:  # z: [n, heads, d_head]
+                keep = torch.zeros(self.n_heads, dtype=torch.bool, device=x.device)
+                keep[self.heads] = True
+                noise = noise * keep[None, :, None]
+            out[row, start : start + n] += noise.to(x.dtype)
+        return out
+
+    def _noisy_pattern(self, layer: int, p: torch.Tensor) -> torch.Tensor:
+        """Noise on the entries a head can attend to, clamped at 0 and renormalized per row."""
+        assert self._mask is not None
+        out = p.clone()
+        scale = self._scale(layer)
+        for row in range(p.shape[0]):
+            pos = torch.nonzero(self._mask[row]).flatten()
+            start, n = int(pos[0]), int(pos.numel())
+            block = p[row, :, start : start + n, start : start + n].float()
+            noise = torch.randn(block.shape, generator=self._generator(row, layer, p.device),
+                                device=p.device, dtype=torch.float32) * scale
+            allowed = entry_mask(torch.ones(1, n, dtype=torch.bool, device=p.device),
+                                 region="lower", window=self.windows[layer])[0]
+            if self.heads is not None:
+                keep = torch.zeros(self.n_heads, dtype=torch.bool, device=p.device)
+                keep[self.heads] = True
+                noise = noise * keep[:, None, None]
+            noisy = torch.where(allowed, (block + noise).clamp_min(0.0), 0.0)
+            total = noisy.sum(-1, keepdim=True)
+            noisy = torch.where(total > 0, noisy / total.clamp_min(1e-30), block)
+            out[row, :, start : start + n, start : start + n] = noisy.to(p.dtype)
+        return out
+
+
+def noise(
+    model: Any,
+    *,
+    sigma: float,
+    layers: LayerSpec = "all",
+    site: Site = "attn_out",
+    heads: Sequence[int] | None = None,
+    kv_group: int | None = None,
+    relative: bool = False,
+    seed: int = 0,
+) -> NoiseHooks:
+    """Gaussian-noise hook points for ``run_with_hooks`` / ``model.hooks`` (see :class:`NoiseHooks`).
+
+    >>> hooks = noise(model, sigma=0.05, layers=(0, 11), site="attn_out", seed=42)  # doctest: +SKIP
+    >>> with model.hooks(fwd_hooks=hooks.bind(tokens).fwd_hooks): model(tokens)     # doctest: +SKIP
+    """
+    return NoiseHooks(model, sigma=sigma, layers=layers, site=site, heads=heads,
+                      kv_group=kv_group, relative=relative, seed=seed)
