@@ -54,18 +54,10 @@ def _layer_spec(text: str) -> Any:
 
 def _noise_options(args: argparse.Namespace, sigmas: list[float]) -> dict[str, Any]:
     """Validate the noise options before any model is loaded."""
-    import math
+    from tl_spec.hooks.noising import check_noise_options
 
-    from tl_spec.hooks.noising import SITES
-
-    if args.site not in SITES:
-        raise TLSpecError(f"unknown noise site {args.site!r}; choose one of {', '.join(SITES)}")
-    bad = [s for s in sigmas if not math.isfinite(s) or s < 0]
-    if bad or not sigmas:
-        raise TLSpecError(f"sigma must be a finite number >= 0, got {bad or sigmas}")
     seeds = _numbers(args.seeds, int, "--seeds")
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise TLSpecError(f"--seeds must be distinct integers, got {args.seeds!r}")
+    check_noise_options(site=args.site, sigmas=sigmas or [float("nan")], seeds=seeds)
     return dict(seeds=seeds, site=args.site, relative=args.relative,
                 max_length=args.max_length, batch_size=args.batch_size)
 

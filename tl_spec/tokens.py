@@ -21,7 +21,15 @@ from jaxtyping import Int
 
 from tl_spec.errors import TLSpecError, TLSpecWarning
 
-__all__ = ["PaddingSide", "Tokenized", "batches", "pad_id", "tokenize", "validate_prompts"]
+__all__ = [
+    "PaddingSide",
+    "Tokenized",
+    "batches",
+    "pad_batch",
+    "pad_id",
+    "tokenize",
+    "validate_prompts",
+]
 
 PaddingSide = Literal["left", "right"]
 
@@ -117,6 +125,28 @@ def pad_id(model: Any) -> int:
     return 0
 
 
+def pad_batch(
+    seqs: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    padding_side: PaddingSide = "right",
+    device: torch.device | str | None = None,
+) -> tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"]]:
+    """Pad token sequences to one width: ``(tokens, attention_mask)`` with 1 on real tokens.
+
+    >>> pad_batch([(1, 5, 6), (1, 7)], pad_id=0, padding_side="left")[1].tolist()
+    [[1, 1, 1], [0, 1, 1]]
+    """
+    width = max(len(s) for s in seqs)
+    tokens = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        sl = slice(0, len(seq)) if padding_side == "right" else slice(width - len(seq), width)
+        tokens[row, sl] = torch.tensor(list(seq), dtype=torch.long)
+        mask[row, sl] = 1
+    return tokens.to(device), mask.to(device)
+
+
 def batches(
     tokenized: Tokenized,
     *,
@@ -142,12 +172,6 @@ def batches(
     idx = list(order) if order is not None else sorted(range(len(lengths)), key=lambda i: lengths[i])
     for start in range(0, len(idx), batch_size):
         chunk = idx[start : start + batch_size]
-        width = max(lengths[i] for i in chunk)
-        tokens = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, i in enumerate(chunk):
-            n = lengths[i]
-            sl = slice(0, n) if padding_side == "right" else slice(width - n, width)
-            tokens[row, sl] = torch.tensor(tokenized.ids[i], dtype=torch.long)
-            mask[row, sl] = 1
-        yield chunk, tokens.to(device), mask.to(device)
+        tokens, mask = pad_batch([tokenized.ids[i] for i in chunk], pad_id=pad_id,
+                                 padding_side=padding_side, device=device)
+        yield chunk, tokens, mask

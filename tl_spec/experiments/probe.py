@@ -22,7 +22,7 @@ from tl_spec.errors import TLSpecError
 from tl_spec.experiments.delta import check_stats_options, relative_change
 from tl_spec.experiments.si import check_options
 from tl_spec.experiments.sweep import NoiseCondition, run_sweep
-from tl_spec.hooks.noising import SITES, LayerSpec, resolve_layers
+from tl_spec.hooks.noising import LayerSpec, check_noise_options, resolve_layers
 from tl_spec.metrics.specialization import prompt_summary, si_value_from_prompts
 from tl_spec.models import describe, require_pattern_hooks
 from tl_spec.prompts import as_prompt_set
@@ -54,13 +54,7 @@ def verdict(response_pct: float, *, stable: float = 5.0, suppressed: float = 20.
 def _validate(model: Any, prompts: Any, method: str, site: str, seeds: Sequence[int],
               sigmas: Sequence[float], max_length: int, batch_size: int) -> list[str]:
     check_options(method, "lower", "prompt", batch_size, max_length)
-    if site not in SITES:
-        raise TLSpecError(f"unknown noise site {site!r}; choose one of {', '.join(SITES)}")
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise TLSpecError(f"seeds must be a non-empty list of distinct integers, got {seeds!r}")
-    for s in sigmas:
-        if not isinstance(s, int | float) or not np.isfinite(s) or s < 0:
-            raise TLSpecError(f"sigma must be a finite number >= 0, got {s!r}")
+    check_noise_options(site=site, sigmas=sigmas, seeds=seeds)
     require_pattern_hooks(model)
     return validate_prompts(as_prompt_set(prompts).prompts)
 

@@ -22,7 +22,7 @@ from jaxtyping import Float
 
 from tl_spec.errors import TLSpecError, TLSpecWarning
 from tl_spec.experiments.sweep import NoiseCondition, run_sweep
-from tl_spec.hooks.noising import SITES, LayerSpec, resolve_layers
+from tl_spec.hooks.noising import LayerSpec, check_noise_options, resolve_layers
 from tl_spec.models import describe
 from tl_spec.prompts import as_prompt_set
 from tl_spec.results import Result, array, provenance
@@ -118,13 +118,7 @@ def noise_sensitivity(
     text_list = validate_prompts(as_prompt_set(texts).prompts)
     if len(set(sigmas)) < 3:
         raise TLSpecError(f"a slope needs at least 3 distinct sigmas, got {list(sigmas)}")
-    if site not in SITES:
-        raise TLSpecError(f"unknown noise site {site!r}; choose one of {', '.join(SITES)}")
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise TLSpecError(f"seeds must be distinct integers, got {seeds!r}")
-    for s in sigmas:
-        if not isinstance(s, int | float) or not np.isfinite(s) or s < 0:
-            raise TLSpecError(f"sigma must be a finite number >= 0, got {s!r}")
+    check_noise_options(site=site, sigmas=sigmas, seeds=seeds)
     facts = describe(model, seq_len=max_length)
     layer_list = resolve_layers(layers, facts.n_layers)
     tokenized = tokenize(model, text_list, max_length=max_length)

@@ -32,7 +32,7 @@ from tl_spec.hooks.capture import PatternStats
 from tl_spec.hooks.noising import NoiseHooks, prompt_key, site_hook_name
 from tl_spec.metrics.patterns import Region
 from tl_spec.models import backend_name
-from tl_spec.tokens import PaddingSide, Tokenized, pad_id
+from tl_spec.tokens import PaddingSide, Tokenized, pad_batch, pad_id
 
 __all__ = ["NoiseCondition", "SweepStats", "run_sweep"]
 
@@ -73,17 +73,6 @@ class _Loss:
         return nll.sum(-1).cpu().numpy(), valid.sum(-1).cpu().numpy()
 
 
-def _pad(seqs: Sequence[Sequence[int]], side: PaddingSide, pad: int, device: Any):
-    width = max(len(s) for s in seqs)
-    tokens = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, s in enumerate(seqs):
-        sl = slice(0, len(s)) if side == "right" else slice(width - len(s), width)
-        tokens[r, sl] = torch.tensor(list(s), dtype=torch.long)
-        mask[r, sl] = 1
-    return tokens.to(device), mask.to(device)
-
-
 def _pad_resid(parts: Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
     out = parts[0].new_zeros((len(parts), mask.shape[1], parts[0].shape[-1]))
     for r, part in enumerate(parts):
@@ -121,7 +110,8 @@ class _Runner:
         ran: list[tuple[int, int]] = []
         for chunk in self._chunks(list(rows)):
             prompts = [p for p, _ in chunk]
-            tokens, mask = _pad([self.tok.ids[p] for p in prompts], self.side, self.pad, self.device)
+            tokens, mask = pad_batch([self.tok.ids[p] for p in prompts], pad_id=self.pad,
+                                     padding_side=self.side, device=self.device)
             model_mask = torch.ones_like(mask) if self.side == "right" else mask
             hooks: list[tuple[str, Any]] = []
             pstats = None

@@ -27,6 +27,7 @@ from tl_spec.metrics.patterns import entry_mask
 __all__ = [
     "SITES",
     "LayerSpec",
+    "check_noise_options",
     "NoiseHooks",
     "Site",
     "noise",
@@ -44,6 +45,26 @@ SITES: dict[str, str] = {
 }
 _HEADED = ("z", "pattern")
 LayerSpec = str | tuple[int, int] | Sequence[int]
+
+
+def check_noise_options(
+    *, site: str = "attn_out", sigmas: Sequence[float] = (), seeds: Sequence[int] | None = None
+) -> None:
+    """Validate a site, sigmas and seeds before any model runs.
+
+    >>> check_noise_options(site="attn_out", sigmas=[0, 0.05], seeds=[42, 123])
+    >>> check_noise_options(sigmas=[-1])
+    Traceback (most recent call last):
+    ...
+    tl_spec.errors.TLSpecError: sigma must be a finite number >= 0, got -1
+    """
+    if site not in SITES:
+        raise TLSpecError(f"unknown noise site {site!r}; choose one of {', '.join(SITES)}")
+    for s in sigmas:
+        if not isinstance(s, int | float) or not math.isfinite(s) or s < 0:
+            raise TLSpecError(f"sigma must be a finite number >= 0, got {s!r}")
+    if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
+        raise TLSpecError(f"seeds must be a non-empty list of distinct integers, got {seeds!r}")
 
 
 def site_hook_name(site: str, layer: int) -> str:
@@ -128,10 +149,7 @@ class NoiseHooks:
         relative: bool = False,
         seed: int = 0,
     ) -> None:
-        if not isinstance(sigma, int | float) or not math.isfinite(sigma) or sigma < 0:
-            raise TLSpecError(f"sigma must be a finite number >= 0, got {sigma!r}")
-        if site not in SITES:
-            raise TLSpecError(f"unknown noise site {site!r}; choose one of {', '.join(SITES)}")
+        check_noise_options(site=site, sigmas=[sigma])
         facts = describe(model)
         self.layers = resolve_layers(layers, facts.n_layers)
         if (heads is not None or kv_group is not None) and site not in _HEADED:
