@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 from jaxtyping import Float
 
-from tl_spec.errors import TLSpecError
 from tl_spec.experiments.delta import check_stats_options, relative_change
 from tl_spec.experiments.si import check_options
 from tl_spec.experiments.sweep import NoiseCondition, run_sweep
