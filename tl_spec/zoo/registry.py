@@ -1,0 +1,265 @@
+"""The zoo's named models: recipes, where they live, loading, and resumable atomic builds.
+
+The ``default`` set (three base models and the GQA base's SFT and DPO twins at three seeds)
+ships inside the package in float16; ``tl-spec zoo build default`` rebuilds it in float32 from
+the same recipe into the cache. Larger sets (``refits``) are built on demand into
+``$TL_SPEC_CACHE`` (default ``~/.cache/tl_spec``). Every model is built in a temporary
+directory and renamed into place only when complete, with a marker holding its recipe, metrics
+and the SHA-256 of its weights; an interrupted build resumes where it stopped.
+
+>>> [m.name for m in SETS["default"]][:3]
+['base-gqa', 'base-mha', 'base-swa']
+>>> model = load("base-gqa")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tl_spec.errors import TLSpecError
+from tl_spec.zoo.train import TrainConfig
+
+__all__ = ["MARKER", "SETS", "ZooEntry", "ZooModel", "available", "build", "cache_dir", "find",
+           "load", "model_dir"]
+
+MARKER = "tl_spec_zoo.json"
+TOKENIZER = "tokenizer"
+_BASE = dict(n_layers=4, d_model=64, n_heads=8, d_mlp=192, ctx=128, steps=1200, batch_size=16,
+             lr=3e-3, warmup=60)
+_TWIN_SEEDS = (1, 2, 3)
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    """A recipe: ``kind`` pretrain (from ``config``) or sft / dpo (from ``parent``, ``seed``)."""
+
+    name: str
+    set: str
+    kind: str
+    config: TrainConfig | None = None
+    parent: str | None = None
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def recipe(self) -> dict[str, Any]:
+        """JSON-ready recipe (what the marker records and what the build runs)."""
+        out = {"name": self.name, "set": self.set, "kind": self.kind, "parent": self.parent,
+               "seed": self.seed, "options": self.options}
+        if self.config is not None:
+            out["config"] = asdict(self.config)
+        return out
+
+
+def _default() -> list[ZooModel]:
+    models = [
+        ZooModel("base-gqa", "default", "pretrain", TrainConfig(n_kv_heads=2, seed=0, **_BASE)),
+        ZooModel("base-mha", "default", "pretrain", TrainConfig(n_kv_heads=8, seed=0, **_BASE)),
+        ZooModel("base-swa", "default", "pretrain",
+                 TrainConfig(arch="mistral", n_kv_heads=2, sliding_window=32, seed=0, **_BASE)),
+    ]
+    for seed in _TWIN_SEEDS:
+        models.append(ZooModel(f"gqa-sft-{seed}", "default", "sft", parent="base-gqa", seed=seed,
+                               options={"steps": 200, "lr": 1e-3, "batch_size": 16}))
+    for seed in _TWIN_SEEDS:
+        models.append(ZooModel(f"gqa-dpo-{seed}", "default", "dpo", parent=f"gqa-sft-{seed}",
+                               seed=seed, options={"steps": 150, "lr": 5e-4, "batch_size": 8,
+                                                   "beta": 0.1}))
+    return models
+
+
+def _refits() -> list[ZooModel]:
+    out = []
+    for depth in (2, 4):
+        for wd in (0.0, 0.1):
+            for seed in range(5):
+                cfg = TrainConfig(n_kv_heads=8, seed=seed, weight_decay=wd,
+                                  **{**_BASE, "n_layers": depth})
+                out.append(ZooModel(f"refit-L{depth}-wd{wd:g}-s{seed}", "refits", "pretrain", cfg))
+    return out
+
+
+SETS: dict[str, list[ZooModel]] = {"default": _default(), "refits": _refits()}
+
+
+def find(name: str) -> ZooModel:
+    """The recipe called ``name``; a clear error listing the names otherwise."""
+    for models in SETS.values():
+        for m in models:
+            if m.name == name:
+                return m
+    names = ", ".join(m.name for ms in SETS.values() for m in ms[:4]) + ", ..."
+    raise TLSpecError(f"unknown zoo model {name!r}; `tl-spec zoo list` shows them all ({names})")
+
+
+def cache_dir() -> Path:
+    """``$TL_SPEC_CACHE``, else ``$XDG_CACHE_HOME/tl_spec``, else ``~/.cache/tl_spec``."""
+    env = os.environ.get("TL_SPEC_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "tl_spec"
+
+
+def _shipped_root() -> Path:
+    return Path(str(resources.files("tl_spec").joinpath("zoo/default")))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _ready(path: Path) -> bool:
+    return (path / MARKER).is_file() and (path / "model.safetensors").is_file()
+
+
+def _verify(path: Path) -> dict[str, Any]:
+    try:
+        marker = json.loads((path / MARKER).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TLSpecError(f"{path}: unreadable zoo marker ({exc}); delete the directory and run "
+                          "`tl-spec zoo build` to rebuild it") from None
+    if _sha256(path / "model.safetensors") != marker.get("weights_sha256"):
+        raise TLSpecError(
+            f"{path}: model.safetensors does not match the SHA-256 recorded when it was built "
+            "(corrupted or modified); delete the directory and run `tl-spec zoo build "
+            f"{marker.get('recipe', {}).get('set', 'SET')}` to rebuild it"
+        )
+    return marker
+
+
+def model_dir(name: str, *, verify: bool = True) -> Path:
+    """Directory of a ready zoo model: the cache first, then the copy shipped with tl_spec."""
+    entry = find(name)
+    for root in (cache_dir() / entry.set, _shipped_root()):
+        path = root / name
+        if _ready(path):
+            if verify:
+                _verify(path)
+            return path
+    raise TLSpecError(f"zoo model {name!r} is not built; run `tl-spec zoo build {entry.set}` "
+                      f"(it goes to {cache_dir() / entry.set})")
+
+
+def load(name: str, **load_kwargs: Any) -> Any:
+    """A zoo model as a TransformerLens model (``tl_spec.load_model`` options apply).
+
+    >>> model = load("gqa-dpo-1", backend="bridge")  # doctest: +SKIP
+    """
+    from tl_spec.models import load_model
+
+    return load_model(model_dir(name), **load_kwargs)
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One line of ``tl-spec zoo list``."""
+
+    name: str
+    set: str
+    kind: str
+    ready: bool
+    location: str
+
+
+def available() -> list[ZooEntry]:
+    """Every recipe, whether it is built, and where."""
+    out = []
+    for set_name, models in SETS.items():
+        for m in models:
+            where = [r / m.name for r in (cache_dir() / set_name, _shipped_root())]
+            ready = [p for p in where if _ready(p)]
+            out.append(ZooEntry(m.name, set_name, m.kind, bool(ready),
+                                str(ready[0]) if ready else str(where[0])))
+    return out
+
+
+def _writable(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise TLSpecError(
+            f"cannot write to the zoo cache {root} ({exc.strerror}); set TL_SPEC_CACHE to a "
+            "writable directory or pass out= / --out"
+        ) from None
+
+
+def _tokenizer(root: Path, corpus: Any) -> Path:
+    from tl_spec.zoo.train import train_tokenizer
+
+    path = root / TOKENIZER
+    if not (path / "tokenizer.json").is_file():
+        tmp = root / f".building-{TOKENIZER}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        train_tokenizer(corpus, tmp)
+        os.replace(tmp, path)
+    return path
+
+
+def _run(model: ZooModel, out: Path, root: Path, corpus: Any, progress: bool) -> dict:
+    from tl_spec.zoo.train import train_base
+
+    if model.kind == "pretrain":
+        assert model.config is not None
+        return train_base(model.config, out, tokenizer_dir=_tokenizer(root, corpus),
+                          corpus=corpus, progress=progress)
+    from tl_spec.zoo import align
+
+    parent = root / model.parent if model.parent else None
+    if parent is None or not _ready(parent):
+        raise TLSpecError(f"{model.name} needs {model.parent} built first in {root}")
+    examples = align.instruction_examples(corpus.train, seed=0)
+    if model.kind == "sft":
+        return align.train_sft(parent, out, examples, seed=model.seed, progress=progress,
+                               **model.options)
+    pairs = align.preference_pairs(examples, seed=model.seed)
+    return align.train_dpo(parent, out, pairs, seed=model.seed, progress=progress,
+                           **model.options)
+
+
+def build(
+    set_name: str,
+    *,
+    out: str | Path | None = None,
+    only: list[str] | None = None,
+    progress: bool = True,
+    on_done: Callable[[str, dict], None] | None = None,
+) -> Path:
+    """Build (or finish building) every model of ``set_name`` under ``out`` (default: the cache).
+
+    Models already complete are skipped; leftovers of an interrupted build are removed first.
+    """
+    from tl_spec.zoo.corpus import load_corpus
+
+    if set_name not in SETS:
+        raise TLSpecError(f"unknown zoo set {set_name!r}; choose one of {', '.join(SETS)}")
+    root = Path(out) if out is not None else cache_dir() / set_name
+    _writable(root)
+    for stale in root.glob(".building-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    corpus = load_corpus()
+    models = [m for m in SETS[set_name] if only is None or m.name in only]
+    for model in models:
+        final = root / model.name
+        if _ready(final):
+            continue
+        tmp = root / f".building-{model.name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        metrics = _run(model, tmp, root, corpus, progress)
+        marker = {"recipe": model.recipe(), "metrics": metrics, "corpus": corpus.meta,
+                  "weights_sha256": _sha256(tmp / "model.safetensors")}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
+        shutil.rmtree(final, ignore_errors=True)  # a directory without marker is not a model
+        os.replace(tmp, final)
+        if on_done is not None:
+            on_done(model.name, metrics)
+    return root

@@ -1,0 +1,215 @@
+"""Pretraining of the zoo's small causal language models, deterministic from a seed.
+
+Standard Hugging Face checkpoints (Llama or Mistral config, safetensors, the zoo's tokenizer)
+trained with PyTorch's AdamW and transformers' cosine schedule on the corpus of
+:mod:`tl_spec.zoo.corpus`: windows of ``ctx`` tokens drawn from the concatenated training
+documents with a seeded generator. Held-out loss is measured on non-overlapping windows of the
+held-out documents and compared with the unigram baseline (the cross-entropy of add-one smoothed
+training-token frequencies on the held-out tokens).
+
+>>> cfg = TrainConfig(arch="llama", n_kv_heads=2, steps=10)      # doctest: +SKIP
+>>> metrics = train_base(cfg, "out/base-gqa", tokenizer_dir="out/tokenizer")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Int
+
+from tl_spec.zoo.corpus import Corpus, Document, load_corpus
+
+__all__ = [
+    "TrainConfig",
+    "deterministic",
+    "heldout_loss",
+    "token_stream",
+    "train_base",
+    "train_tokenizer",
+    "unigram_baseline",
+]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Architecture and optimisation of one zoo model (every field is part of its recipe)."""
+
+    arch: str = "llama"  # "llama" (global attention) or "mistral" (sliding window)
+    n_layers: int = 4
+    d_model: int = 64
+    n_heads: int = 8
+    n_kv_heads: int = 8
+    d_mlp: int = 192
+    sliding_window: int | None = None
+    ctx: int = 128
+    steps: int = 3000
+    batch_size: int = 16
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    warmup: int = 100
+    seed: int = 0
+
+    def hf_config(self, tokenizer: Any) -> Any:
+        """The Hugging Face config of this architecture for ``tokenizer``."""
+        import transformers as tf
+
+        common = dict(vocab_size=len(tokenizer), hidden_size=self.d_model,
+                      intermediate_size=self.d_mlp, num_hidden_layers=self.n_layers,
+                      num_attention_heads=self.n_heads, num_key_value_heads=self.n_kv_heads,
+                      max_position_embeddings=self.ctx, tie_word_embeddings=True,
+                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                      pad_token_id=tokenizer.pad_token_id)
+        if self.arch == "mistral":
+            return tf.MistralConfig(sliding_window=self.sliding_window, **common)
+        if self.arch == "llama":
+            return tf.LlamaConfig(**common)
+        from tl_spec.errors import TLSpecError
+
+        raise TLSpecError(f"unknown zoo architecture {self.arch!r}; use 'llama' or 'mistral'")
+
+
+@contextlib.contextmanager
+def deterministic(seed: int, threads: int | None = None) -> Iterator[None]:
+    """Seeded, deterministic torch for the block; global RNG state and settings restored after."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    old_threads = torch.get_num_threads()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        torch.use_deterministic_algorithms(True)
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(previous)
+            torch.set_num_threads(old_threads)
+
+
+def train_tokenizer(corpus: Corpus, out_dir: str | Path, *, vocab_size: int = 2048) -> Any:
+    """Byte-level BPE on the training documents, saved in Hugging Face format (BOS prepended)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<bos>", "<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator((d.text for d in corpus.train), trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A <bos> $B",
+        special_tokens=[("<bos>", tok.token_to_id("<bos>"))])
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
+                                      pad_token="<pad>")
+    wrapped.save_pretrained(out_dir)
+    return wrapped
+
+
+def token_stream(tokenizer: Any, documents: Sequence[Document]) -> Int[np.ndarray, "n_tokens"]:
+    """All documents as one stream: ``<bos> text <eos>`` each, in corpus order."""
+    eos = tokenizer.eos_token_id
+    parts = [np.array(tokenizer(d.text).input_ids + [eos], dtype=np.int64) for d in documents]
+    return np.concatenate(parts)
+
+
+def unigram_baseline(train: np.ndarray, heldout: np.ndarray, vocab_size: int) -> float:
+    """Cross-entropy (nats/token) of add-one smoothed unigram frequencies on held-out tokens."""
+    counts = np.bincount(train, minlength=vocab_size).astype(np.float64) + 1.0
+    logp = np.log(counts / counts.sum())
+    return float(-logp[heldout[1:]].mean())
+
+
+@torch.no_grad()
+def heldout_loss(model: Any, stream: np.ndarray, *, ctx: int, batch_size: int = 32) -> float:
+    """Mean next-token NLL (nats) over non-overlapping ``ctx`` windows of ``stream``."""
+    n = (len(stream) - 1) // ctx
+    windows = torch.from_numpy(stream[: n * ctx + 1])
+    total, count = 0.0, 0
+    model.eval()
+    for start in range(0, n, batch_size):
+        idx = range(start, min(start + batch_size, n))
+        x = torch.stack([windows[i * ctx : (i + 1) * ctx] for i in idx])
+        y = torch.stack([windows[i * ctx + 1 : (i + 1) * ctx + 1] for i in idx])
+        logits = model(input_ids=x).logits.float()
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                                reduction="sum")
+        total, count = total + float(nll), count + y.numel()
+    return total / count
+
+
+def train_base(
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    tokenizer_dir: str | Path,
+    corpus: Corpus | None = None,
+    progress: bool = True,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Train one base model from ``config.seed`` and save it (with the tokenizer) in ``out_dir``.
+
+    Returns the metrics recorded with the model: held-out loss, unigram baseline, training time.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_schedule_with_warmup
+
+    corpus = corpus or load_corpus()
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    train = token_stream(tokenizer, corpus.train)
+    heldout = token_stream(tokenizer, corpus.heldout)
+    start_time = time.perf_counter()
+    with deterministic(config.seed, threads):
+        model = AutoModelForCausalLM.from_config(config.hf_config(tokenizer),
+                                                 attn_implementation="eager")
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=config.lr, betas=(0.9, 0.95))
+        sched = get_cosine_schedule_with_warmup(opt, config.warmup, config.steps)
+        rng = np.random.default_rng(config.seed)
+        data = torch.from_numpy(train)
+        steps: Any = range(config.steps)
+        if progress:
+            from tqdm.auto import tqdm
+
+            steps = tqdm(steps, desc=f"train {Path(out_dir).name}", unit="step", leave=False)
+        model.train()
+        loss_value = math.nan
+        for step in steps:
+            starts = rng.integers(0, len(train) - config.ctx - 1, size=config.batch_size)
+            x = torch.stack([data[s : s + config.ctx] for s in starts])
+            y = torch.stack([data[s + 1 : s + config.ctx + 1] for s in starts])
+            logits = model(input_ids=x).logits
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                     y.reshape(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            loss_value = float(loss.detach())
+            if progress and step % 50 == 0:
+                steps.set_postfix(loss=f"{loss_value:.3f}")
+        seconds = time.perf_counter() - start_time
+        held = heldout_loss(model, heldout, ctx=config.ctx)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return {
+        "config": asdict(config),
+        "train_loss_last_batch": loss_value,
+        "heldout_loss": held,
+        "unigram_baseline": unigram_baseline(train, heldout, len(tokenizer)),
+        "train_tokens": int(len(train)),
+        "heldout_tokens": int(len(heldout)),
+        "train_seconds": seconds,
+        "threads": torch.get_num_threads() if threads is None else threads,
+    }
