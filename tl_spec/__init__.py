@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from tl_spec import hooks, prompts, stats
+from tl_spec import hooks, prompts, stats, viz, zoo
 from tl_spec.errors import TLSpecError, TLSpecWarning
 from tl_spec.experiments.delta import DeltaResult, delta_from_results, delta_si
 from tl_spec.experiments.probe import ProbeResult, SweepResult, perturbation_probe, probe_sweep
@@ -60,4 +60,6 @@ __all__ = [
     "si_from_entropy_profile",
     "specialization_index",
     "stats",
+    "viz",
+    "zoo",
 ]

@@ -136,9 +136,23 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--texts", default=None, help="text file; default the E06 texts")
     se.add_argument("--json", default=None, metavar="PATH|-")
 
+    zoo = sub.add_parser("zoo", help="the embedded model zoo: list, build")
+    zsub = zoo.add_subparsers(dest="zoo_command", required=True)
+    zsub.add_parser("list", help="every zoo model, whether it is built, and where")
+    zb = zsub.add_parser("build", help="build a set (resumable) into the cache or --out")
+    zb.add_argument("set", help="default | refits")
+    zb.add_argument("--out", default=None, help="directory (default: $TL_SPEC_CACHE/<set>)")
+    zb.add_argument("--only", default=None, help="comma-separated model names of the set")
+
+    dm = sub.add_parser("demo", help="the main job on the embedded zoo, offline")
+    dm.add_argument("--out", default="tl_spec_demo", help="report directory")
+
     from tl_spec.audit import add_audit_parser
 
     add_audit_parser(sub)
+    from tl_spec.viz.report import add_report_parser
+
+    add_report_parser(sub)
 
     de = sub.add_parser("describe", help="architecture facts: heads, KV sharing, windows, rho_eff")
     _add_model_args(de)
@@ -280,6 +294,34 @@ def _cmd_sensitivity(args: argparse.Namespace) -> None:
     _report(args, f"texts: {texts.name} ({len(texts)})", text, result)
 
 
+def _cmd_zoo(args: argparse.Namespace) -> None:
+    from tl_spec import zoo
+
+    if args.zoo_command == "list":
+        entries = zoo.available()
+        width = max(len(e.name) for e in entries)
+        print(f"{'name':<{width}}  {'set':<8} {'kind':<9} {'ready':<6} location")
+        for e in entries:
+            print(f"{e.name:<{width}}  {e.set:<8} {e.kind:<9} {'yes' if e.ready else 'no':<6} "
+                  f"{e.location}")
+        return
+    only = [x for x in args.only.split(",") if x] if args.only else None
+
+    def done(name: str, metrics: dict) -> None:
+        held = metrics.get("heldout_loss")
+        extra = f", held-out loss {held:.3f}" if held is not None else ""
+        print(f"built {name}{extra}", file=sys.stderr)
+
+    root = zoo.build(args.set, out=args.out, only=only, on_done=done)
+    print(f"zoo set {args.set!r} complete in {root}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from tl_spec.demo import run_demo
+
+    run_demo(args.out, progress=True)
+
+
 def _cmd_describe(args: argparse.Namespace) -> None:
     from tl_spec import describe, load_model
 
@@ -298,6 +340,12 @@ def _cmd_tiny(args: argparse.Namespace) -> None:
     print(f"wrote a random-init {args.arch} checkpoint to {path}")
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from tl_spec.viz.report import run_report
+
+    return run_report(args)
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
     from tl_spec.audit import run_audit
 
@@ -306,7 +354,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 _COMMANDS: dict[str, Any] = {"si": _cmd_si, "delta": _cmd_delta, "describe": _cmd_describe,
                              "tiny": _cmd_tiny, "audit": _cmd_audit, "probe": _cmd_probe,
-                             "sensitivity": _cmd_sensitivity}
+                             "sensitivity": _cmd_sensitivity, "zoo": _cmd_zoo,
+                             "demo": _cmd_demo, "report": _cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,378 @@
+"""Benchmark the E11-T perturbation sweep (``tl_spec.probe_sweep``) against its floor and the
+paper notebooks' route.
+
+Grid: clean + 4 regions ("early", "middle", "late", "all") x 6 sigmas (0, .01, .02, .05, .1, .2)
+x 3 seeds (42, 123, 456), Standard-10 prompts, method ``entropy_profile``, noise at ``attn_out``.
+Model: the local random-init Llama-style checkpoint of ``bench_si.py`` (``tl_spec.zoo.tiny``,
+GQA 8:2, d_model 512, 8 layers), HookedTransformer backend by default. Conditions, each timed end
+to end:
+
+1. ``fast``: ``probe_sweep(model, STANDARD_10, method="entropy_profile")`` (the sweep engine:
+   one clean run, seeds batched together, each noised forward starting at the region's first
+   layer from the cached residual).
+2. ``plain``: the same with ``fast=False`` (every cell from scratch; for information).
+3. ``reference``: the notebooks' route. Hugging Face eager model, one prompt per forward,
+   ``output_attentions=True``, a ``register_forward_hook`` on each noised ``self_attn`` adding
+   ``randn(output[0].shape, generator) * sigma`` (generator seeded per cell), entropy profile with
+   Python loops over layers and heads in numpy, SI = 1 - nanmean(triu(corrcoef(E.T), 1)). Every
+   cell is run, sigma = 0 included, plus the clean run. Its noise comes from another generator,
+   so only the clean SI and the sigma = 0 cells are checked against tl_spec's clean SI.
+4. ``floor``: the bare forward passes the fast path cannot avoid, no hooks: one clean forward
+   per prompt batch, and per (region, sigma > 0) group one forward per batch of (prompt, seed)
+   rows starting at the region's first layer (``start_at_layer``, residual cached outside the
+   timed section). Batches, padding and length bucketing are the engine's; the number of
+   forwards is asserted equal to ``SweepResult.settings["forwards"]``.
+
+Conditions are interleaved (A B C D A B C D ...) after warm-up rounds; medians are reported.
+Results go to ``--out``/bench_sweep.json and bench_sweep.md.
+
+    python benchmarks/bench_sweep.py [--device cpu|cuda] [--dtype float32|bfloat16]
+                                     [--backend hooked|bridge] [--repeats 3] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections import Counter
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import tl_spec
+from tl_spec.models import backend_name
+from tl_spec.prompts import STANDARD_10
+from tl_spec.tokens import pad_id, tokenize
+from tl_spec.zoo.tiny import build_random_checkpoint
+
+REGIONS = ("early", "middle", "late", "all")
+SIGMAS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)
+SEEDS = (42, 123, 456)
+METHOD, SITE = "entropy_profile", "attn_out"
+BATCH_SIZE, MAX_LENGTH, PADDING = 16, 128, "right"  # probe_sweep's defaults
+MODEL = dict(arch="llama-gqa", num_hidden_layers=8, hidden_size=512, intermediate_size=1408,
+             num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096)
+QUICK_MODEL = dict(MODEL, num_hidden_layers=3)  # 3 layers: "late" is the last layer alone
+FLOOR_TARGET = 1.15
+REF_TARGET = {"cpu": 2.0, "cuda": 20.0}
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def load(path: Path, args: argparse.Namespace):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return tl_spec.load_model(str(path), backend=args.backend, dtype=args.dtype,
+                                  device=args.device)
+
+
+def sweep(model, fast: bool):
+    return tl_spec.probe_sweep(model, STANDARD_10, sigmas=SIGMAS, regions=REGIONS, seeds=SEEDS,
+                               site=SITE, method=METHOD, max_length=MAX_LENGTH,
+                               batch_size=BATCH_SIZE, fast=fast)
+
+
+# ---- the floor: the engine's batches, bare forwards -------------------------------------------
+
+def chunks(rows, ids):
+    """The engine's length bucketing (sweep.py ``_Runner._chunks``): sort by (length, row)."""
+    rows = sorted(rows, key=lambda r: (len(ids[r[0]]), r))
+    return [rows[i : i + BATCH_SIZE] for i in range(0, len(rows), BATCH_SIZE)]
+
+
+def pad_batch(seqs, pad: int, device):
+    """Right padding; the model runs with an all-ones mask (causal: pads follow real tokens)."""
+    width = max(len(s) for s in seqs)
+    tokens = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        tokens[r, : len(s)] = torch.tensor(list(s), dtype=torch.long)
+        mask[r, : len(s)] = 1
+    return tokens.to(device), mask.to(device)
+
+
+def floor_plan(model, tokenized, region_layers: dict[str, list[int]], device) -> list[dict]:
+    """Every forward the fast path runs, as (tokens, all-ones mask, start layer, padded resid)."""
+    ids, n_prompts = tokenized.ids, len(tokenized.ids)
+    pad, n_layers = pad_id(model), int(model.cfg.n_layers)
+    can_start = backend_name(model) == "hooked"
+    groups = []  # the engine groups conditions by (layers, sigma, site), first-seen order
+    for name in REGIONS:
+        for sigma in SIGMAS:
+            key = (tuple(region_layers[name]), sigma)
+            if key not in groups:
+                groups.append(key)
+    work = []
+    for layers, sigma in groups:
+        # sigma = 0 is the clean run; attn_out noise in the last layer alone changes no pattern
+        if sigma == 0 or min(layers) + 1 >= n_layers:
+            continue
+        work.append(min(layers) if can_start else 0)
+    starts = sorted({s for s in work if s > 0})
+    plan, resid = [], {}
+    for chunk in chunks([(p, 0) for p in range(n_prompts)], ids):
+        tokens, mask = pad_batch([ids[p] for p, _ in chunk], pad, device)
+        plan.append({"kind": "clean", "tokens": tokens, "mask": torch.ones_like(mask), "start": 0,
+                     "resid": None})
+        if starts:  # the residual the engine caches at each start layer, per prompt
+            names = [f"blocks.{k}.hook_resid_pre" for k in starts]
+            with torch.inference_mode():
+                _, cache = model.run_with_cache(tokens, attention_mask=torch.ones_like(mask),
+                                                names_filter=names, return_type=None)
+            for k in starts:
+                x = cache[f"blocks.{k}.hook_resid_pre"]
+                for r, (p, _) in enumerate(chunk):
+                    resid[(p, k)] = x[r][mask[r].bool()].clone()
+    for start in work:
+        rows = [(p, s) for s in SEEDS for p in range(n_prompts)]
+        for chunk in chunks(rows, ids):
+            tokens, mask = pad_batch([ids[p] for p, _ in chunk], pad, device)
+            x = None
+            if start > 0:
+                x = resid[(chunk[0][0], start)].new_zeros((len(chunk), tokens.shape[1],
+                                                          resid[(chunk[0][0], start)].shape[-1]))
+                for r, (p, _) in enumerate(chunk):
+                    x[r, : len(ids[p])] = resid[(p, start)]
+            plan.append({"kind": "noised", "tokens": tokens, "mask": torch.ones_like(mask),
+                         "start": start, "resid": x})
+    return plan
+
+
+def floor(model, plan) -> None:
+    with torch.inference_mode():
+        for f in plan:
+            if f["start"] > 0:
+                model(f["resid"], start_at_layer=f["start"], tokens=f["tokens"],
+                      attention_mask=f["mask"], return_type=None)
+            else:
+                model(f["tokens"], attention_mask=f["mask"], return_type=None)
+
+
+# ---- the reference route: Hugging Face eager, one prompt per forward, numpy loops -------------
+
+def entropy_profile_np(attentions) -> np.ndarray:
+    """[layers, heads] normalized entropy of the mean attention row (E11 notebooks)."""
+    n_layers, n_heads = len(attentions), attentions[0].shape[1]
+    ent = np.zeros((n_layers, n_heads))
+    for layer in range(n_layers):
+        a = attentions[layer][0].float().cpu().numpy()  # [heads, n, n], one unpadded prompt
+        for head in range(n_heads):
+            col = a[head].mean(axis=0)
+            col = col / col.sum()
+            nz = col[col > 0]
+            ent[layer, head] = (-(nz * np.log2(nz)).sum() / np.log2(len(nz))
+                                if len(nz) >= 2 else 0.0)
+    return ent
+
+
+def si_np(E: np.ndarray) -> float:
+    corr = np.corrcoef(E.T)
+    return float(1.0 - np.nanmean(corr[np.triu_indices_from(corr, 1)]))
+
+
+def hf_cell(hf_model, ids, device, layers=(), sigma=0.0, seed=0) -> float:
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+
+    def hook(module, inputs, output):
+        noise = torch.randn(output[0].shape, generator=gen, device=output[0].device,
+                            dtype=output[0].dtype) * sigma
+        return (output[0] + noise, *output[1:])
+
+    handles = [hf_model.model.layers[x].self_attn.register_forward_hook(hook) for x in layers]
+    try:
+        profiles = []
+        for row in ids:
+            x = torch.tensor([row], device=device)
+            with torch.no_grad():
+                atts = hf_model(input_ids=x, output_attentions=True, use_cache=False).attentions
+            profiles.append(entropy_profile_np(atts))
+    finally:
+        for h in handles:
+            h.remove()
+    return si_np(np.mean(profiles, axis=0))
+
+
+def reference(hf_model, ids, region_layers, device) -> tuple[float, np.ndarray]:
+    clean = hf_cell(hf_model, ids, device)
+    grid = np.zeros((len(REGIONS), len(SIGMAS), len(SEEDS)))
+    for i, name in enumerate(REGIONS):
+        for j, sigma in enumerate(SIGMAS):
+            for k, seed in enumerate(SEEDS):
+                grid[i, j, k] = hf_cell(hf_model, ids, device, region_layers[name], sigma, seed)
+    return clean, grid
+
+
+# ---- timing and report ---------------------------------------------------------------------------
+
+def time_interleaved(conds: dict, device: str, warmup: int, repeats: int) -> dict:
+    """Wall and process-CPU seconds per run (CPU time is robust to other load on shared hosts)."""
+    times = {name: {"wall": [], "cpu": []} for name in conds}
+    for round_ in range(warmup + repeats):
+        for name, fn in conds.items():
+            sync(device)
+            c0, t0 = time.process_time(), time.perf_counter()
+            fn()
+            sync(device)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            if round_ >= warmup:
+                times[name]["wall"].append(wall)
+                times[name]["cpu"].append(cpu)
+            print(f"  round {round_}{' (warm-up)' if round_ < warmup else ''} {name}: "
+                  f"{wall:.3f} s", file=sys.stderr, flush=True)
+    return times
+
+
+def default_backend() -> str:
+    try:
+        from transformer_lens import HookedTransformer  # noqa: F401
+    except ImportError:
+        return "bridge"
+    return "hooked"
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--backend", choices=("hooked", "bridge"), default=default_backend())
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--out", default="benchmarks/out")
+    p.add_argument("--quick", action="store_true", help="3 layers, 1 repeat (checks the script)")
+    args = p.parse_args()
+    if args.quick:
+        args.repeats, args.warmup = 1, 1
+    return args
+
+
+def markdown(res: dict) -> str:
+    t = res["timing"]
+    fl, fast = t["floor"]["median_s"], t["fast"]["median_s"]
+    cfl = t["floor"]["cpu_median_s"]
+    labels = {"floor": "floor (bare forwards)", "fast": "probe_sweep (fast)",
+              "plain": "probe_sweep(fast=False)", "reference": "reference (HF eager, numpy)"}
+    rows = ["| condition | forwards | median s | min s | / floor | CPU-time / floor "
+            "| / probe_sweep (fast) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, v in t.items():
+        rows.append(f"| {labels[name]} | {res['forwards'][name]} | {v['median_s']:.3f} | "
+                    f"{v['min_s']:.3f} | {v['median_s'] / fl:.2f}x | "
+                    f"{v['cpu_median_s'] / cfl:.2f}x | {v['median_s'] / fast:.2f}x |")
+    r = res["ratios"]
+    rows += ["",
+             f"fast / floor = {r['fast_over_floor']:.2f}x (target <= {FLOOR_TARGET}x: "
+             f"{'OK' if r['fast_over_floor'] <= FLOOR_TARGET else 'MISSED'}); "
+             f"reference / fast = {r['reference_over_fast']:.1f}x (target >= "
+             f"{r['reference_target']:g}x on {res['device']}: "
+             f"{'OK' if r['reference_over_fast'] >= r['reference_target'] else 'MISSED'})",
+             f"SI clean: tl_spec {res['si']['clean']:.6f}, reference {res['si']['reference_clean']:.6f};"
+             f" reference sigma=0 cells max |diff| {res['si']['reference_sigma0_max_diff']:.1e};"
+             f" fast vs fast=False grid max |diff| {res['si']['fast_vs_plain_max_diff']:.1e}",
+             f"engine forwards: {res['engine_forwards']}"]
+    c = res["config"]
+    rows.append(f"\n{res['backend']} backend, {res['device']}, {res['dtype']}, "
+                f"{res['torch_threads']} torch threads, {c['num_hidden_layers']} layers, "
+                f"{c['num_attention_heads']}:{c['num_key_value_heads']} heads, d_model "
+                f"{c['hidden_size']}, regions {res['region_layers']}, prompt lengths "
+                f"{res['prompt_lengths']}, {res['repeats']} repeats after {res['warmup']} warm-up")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    args = parse_args()
+    dtype = getattr(torch, args.dtype)
+    tol = 1e-4 if args.dtype == "float32" else 2e-2  # HF vs TL numerics differ more in bf16
+    tmp = tempfile.TemporaryDirectory(prefix="bench_sweep_")  # removed at the end
+    model_dir = build_random_checkpoint(tmp.name, **(QUICK_MODEL if args.quick else MODEL))
+    config = json.loads((model_dir / "config.json").read_text())
+    model = load(model_dir, args)
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_model = AutoModelForCausalLM.from_pretrained(
+        str(model_dir), attn_implementation="eager", dtype=dtype).to(args.device).eval()
+
+    tokenized = tokenize(model, STANDARD_10, max_length=MAX_LENGTH)
+    fast_res, plain_res = sweep(model, True), sweep(model, False)
+    region_layers = fast_res.region_layers
+    diff = float(np.max(np.abs(fast_res.si - plain_res.si)))
+    assert diff <= 1e-6, ("fast vs fast=False SI grid", diff)
+    assert abs(fast_res.si_clean - plain_res.si_clean) <= 1e-12
+
+    ref_clean, ref_grid = reference(hf_model, tokenized.ids, region_layers, args.device)
+    sigma0 = float(np.max(np.abs(ref_grid[:, SIGMAS.index(0.0)] - fast_res.si_clean)))
+    assert abs(ref_clean - fast_res.si_clean) <= tol, ("reference clean", ref_clean,
+                                                      fast_res.si_clean)
+    assert sigma0 <= tol, ("reference sigma=0 cells", sigma0)
+
+    plan = floor_plan(model, tokenized, region_layers, args.device)
+    engine = fast_res.settings["forwards"]
+    kinds = Counter(f["kind"] for f in plan)
+    assert dict(kinds) == {k: v for k, v in engine.items() if v}, (dict(kinds), engine)
+    print(f"engine forwards (SweepResult.settings['forwards']): {engine}; floor: {dict(kinds)}",
+          file=sys.stderr)
+
+    conds = {
+        "floor": lambda: floor(model, plan),
+        "fast": lambda: sweep(model, True),
+        "plain": lambda: sweep(model, False),
+        "reference": lambda: reference(hf_model, tokenized.ids, region_layers, args.device),
+    }
+    times = time_interleaved(conds, args.device, args.warmup, args.repeats)
+
+    med = {k: statistics.median(v["wall"]) for k, v in times.items()}
+    n_cells = len(REGIONS) * len(SIGMAS) * len(SEEDS)
+    res = {
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "transformer_lens": version("transformer-lens"),
+                     "transformers": version("transformers"), "numpy": np.__version__,
+                     "tl_spec": tl_spec.__version__},
+        "device": args.device, "dtype": args.dtype, "backend": backend_name(model),
+        "torch_threads": torch.get_num_threads(), "quick": args.quick,
+        "platform": platform.platform(), "processor": platform.processor(),
+        "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
+        "config": config, "architecture": tl_spec.describe(model).to_dict(),
+        "grid": {"regions": list(REGIONS), "sigmas": list(SIGMAS), "seeds": list(SEEDS),
+                 "method": METHOD, "site": SITE, "prompts": "STANDARD_10"},
+        "region_layers": region_layers, "prompt_lengths": list(tokenized.lengths),
+        "batch_size": BATCH_SIZE, "max_length": MAX_LENGTH, "padding_side": PADDING,
+        "repeats": args.repeats, "warmup": args.warmup,
+        "engine_forwards": engine,
+        "forwards": {"floor": len(plan), "fast": sum(engine.values()),
+                     "plain": sum(plain_res.settings["forwards"].values()),
+                     "reference": (n_cells + 1) * len(STANDARD_10)},
+        "si": {"clean": fast_res.si_clean, "grid_fast": fast_res.si.tolist(),
+               "grid_plain": plain_res.si.tolist(), "fast_vs_plain_max_diff": diff,
+               "reference_clean": ref_clean, "reference_grid": ref_grid.tolist(),
+               "reference_sigma0_max_diff": sigma0, "tolerance": tol},
+        "timing": {k: {"median_s": statistics.median(v["wall"]), "min_s": min(v["wall"]),
+                       "cpu_median_s": statistics.median(v["cpu"]), "runs_s": v["wall"],
+                       "cpu_runs_s": v["cpu"]} for k, v in times.items()},
+        "ratios": {"fast_over_floor": med["fast"] / med["floor"],
+                   "plain_over_fast": med["plain"] / med["fast"],
+                   "reference_over_fast": med["reference"] / med["fast"],
+                   "floor_target": FLOOR_TARGET, "reference_target": REF_TARGET[args.device]},
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_sweep.json").write_text(json.dumps(res, indent=2) + "\n")
+    table = markdown(res)
+    (out / "bench_sweep.md").write_text(table + "\n")
+    print(table)
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

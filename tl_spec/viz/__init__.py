@@ -1,0 +1,47 @@
+"""Interactive and static views of per-head scores: head grids, offline reports, paper figures.
+
+Every view is generic over "a score per head" (a ``[layers, heads]`` array, an ``SIResult`` or a
+``DeltaResult``) and every page works with no network (CircuitsVis comes from the installed
+wheel). Figures need matplotlib, imported only when a figure is drawn.
+
+>>> import tl_spec.viz as viz
+>>> grid = viz.head_grid([[0.2, 0.5], [0.4, float("nan")]])
+>>> grid.shape
+(2, 2)
+>>> viz.head_grid(si, model=model)                       # in Jupyter: click a head  # doctest: +SKIP
+>>> viz.write_report(["si.json", "delta.json"], "out")   # out/report.html           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from tl_spec.viz.figures import (
+    FigureData,
+    delta_si_figure,
+    perplexity_slope_figure,
+    probe_response_figure,
+    save,
+    si_by_layer_figure,
+    stability_figure,
+)
+from tl_spec.viz.grid import HeadGrid, head_grid
+from tl_spec.viz.patterns import PatternSet, capture_patterns
+from tl_spec.viz.report import render_report, write_report
+from tl_spec.viz.sections import Section, register_section
+
+__all__ = [
+    "FigureData",
+    "HeadGrid",
+    "PatternSet",
+    "Section",
+    "capture_patterns",
+    "delta_si_figure",
+    "head_grid",
+    "perplexity_slope_figure",
+    "probe_response_figure",
+    "register_section",
+    "render_report",
+    "save",
+    "si_by_layer_figure",
+    "stability_figure",
+    "write_report",
+]
