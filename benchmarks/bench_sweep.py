@@ -58,8 +58,9 @@ SIGMAS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)
 SEEDS = (42, 123, 456)
 METHOD, SITE = "entropy_profile", "attn_out"
 BATCH_SIZE, MAX_LENGTH, PADDING = 16, 128, "right"  # probe_sweep's defaults
-MODEL = dict(arch="llama-gqa", num_hidden_layers=8, hidden_size=512, intermediate_size=1408,
-             num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096)
+MODEL = {"arch": "llama-gqa", "num_hidden_layers": 8, "hidden_size": 512,
+         "intermediate_size": 1408, "num_attention_heads": 8, "num_key_value_heads": 2,
+         "max_position_embeddings": 4096}  # as bench_si.py
 QUICK_MODEL = dict(MODEL, num_hidden_layers=3)  # 3 layers: "late" is the last layer alone
 FLOOR_TARGET = 1.15
 REF_TARGET = {"cpu": 2.0, "cuda": 20.0}
@@ -102,8 +103,9 @@ def pad_batch(seqs, pad: int, device):
     return tokens.to(device), mask.to(device)
 
 
-def floor_plan(model, tokenized, region_layers: dict[str, list[int]], device) -> list[dict]:
-    """Every forward the fast path runs, as (tokens, all-ones mask, start layer, padded resid)."""
+def floor_plan(model, tokenized, region_layers: dict[str, list[int]], device):
+    """Every forward the fast path runs, as (tokens, all-ones mask, start layer, padded resid),
+    and the start layer of each noised group."""
     ids, n_prompts = tokenized.ids, len(tokenized.ids)
     pad, n_layers = pad_id(model), int(model.cfg.n_layers)
     can_start = backend_name(model) == "hooked"
@@ -146,7 +148,7 @@ def floor_plan(model, tokenized, region_layers: dict[str, list[int]], device) ->
                     x[r, : len(ids[p])] = resid[(p, start)]
             plan.append({"kind": "noised", "tokens": tokens, "mask": torch.ones_like(mask),
                          "start": start, "resid": x})
-    return plan
+    return plan, work
 
 
 def floor(model, plan) -> None:
@@ -250,6 +252,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--out", default="benchmarks/out")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--quick", action="store_true", help="3 layers, 1 repeat (checks the script)")
     args = p.parse_args()
     if args.quick:
@@ -263,23 +266,24 @@ def markdown(res: dict) -> str:
     cfl = t["floor"]["cpu_median_s"]
     labels = {"floor": "floor (bare forwards)", "fast": "probe_sweep (fast)",
               "plain": "probe_sweep(fast=False)", "reference": "reference (HF eager, numpy)"}
-    rows = ["| condition | forwards | median s | min s | / floor | CPU-time / floor "
-            "| / probe_sweep (fast) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    rows = [("| condition | forwards | median s | min s | / floor | CPU-time / floor "
+             "| / probe_sweep (fast) |"), "|---|---:|---:|---:|---:|---:|---:|"]
     for name, v in t.items():
         rows.append(f"| {labels[name]} | {res['forwards'][name]} | {v['median_s']:.3f} | "
                     f"{v['min_s']:.3f} | {v['median_s'] / fl:.2f}x | "
                     f"{v['cpu_median_s'] / cfl:.2f}x | {v['median_s'] / fast:.2f}x |")
     r = res["ratios"]
     rows += ["",
-             f"fast / floor = {r['fast_over_floor']:.2f}x (target <= {FLOOR_TARGET}x: "
+             (f"fast / floor = {r['fast_over_floor']:.2f}x (target <= {FLOOR_TARGET}x: "
              f"{'OK' if r['fast_over_floor'] <= FLOOR_TARGET else 'MISSED'}); "
              f"reference / fast = {r['reference_over_fast']:.1f}x (target >= "
              f"{r['reference_target']:g}x on {res['device']}: "
-             f"{'OK' if r['reference_over_fast'] >= r['reference_target'] else 'MISSED'})",
-             f"SI clean: tl_spec {res['si']['clean']:.6f}, reference {res['si']['reference_clean']:.6f};"
+             f"{'OK' if r['reference_over_fast'] >= r['reference_target'] else 'MISSED'})"),
+             (f"SI clean: tl_spec {res['si']['clean']:.6f}, reference {res['si']['reference_clean']:.6f};"
              f" reference sigma=0 cells max |diff| {res['si']['reference_sigma0_max_diff']:.1e};"
-             f" fast vs fast=False grid max |diff| {res['si']['fast_vs_plain_max_diff']:.1e}",
-             f"engine forwards: {res['engine_forwards']}"]
+             f" fast vs fast=False grid max |diff| {res['si']['fast_vs_plain_max_diff']:.1e}"),
+             f"engine forwards: {res['engine_forwards']}; token-rows x layers run: "
+             + ", ".join(f"{k} {v:,}" for k, v in res["token_layers"].items())]
     c = res["config"]
     rows.append(f"\n{res['backend']} backend, {res['device']}, {res['dtype']}, "
                 f"{res['torch_threads']} torch threads, {c['num_hidden_layers']} layers, "
@@ -291,6 +295,8 @@ def markdown(res: dict) -> str:
 
 def main() -> None:
     args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     tol = 1e-4 if args.dtype == "float32" else 2e-2  # HF vs TL numerics differ more in bf16
     tmp = tempfile.TemporaryDirectory(prefix="bench_sweep_")  # removed at the end
@@ -317,7 +323,7 @@ def main() -> None:
                                                       fast_res.si_clean)
     assert sigma0 <= tol, ("reference sigma=0 cells", sigma0)
 
-    plan = floor_plan(model, tokenized, region_layers, args.device)
+    plan, group_starts = floor_plan(model, tokenized, region_layers, args.device)
     engine = fast_res.settings["forwards"]
     kinds = Counter(f["kind"] for f in plan)
     assert dict(kinds) == {k: v for k, v in engine.items() if v}, (dict(kinds), engine)
@@ -334,6 +340,15 @@ def main() -> None:
 
     med = {k: statistics.median(v["wall"]) for k, v in times.items()}
     n_cells = len(REGIONS) * len(SIGMAS) * len(SEEDS)
+    n_layers = int(model.cfg.n_layers)
+    real = int(sum(tokenized.lengths))
+    # work in (token rows x layers run): the padded batches of the engine vs one unpadded prompt
+    token_layers = {
+        "floor": sum(f["tokens"].numel() * (n_layers - f["start"]) for f in plan),
+        "floor_unpadded": real * n_layers + sum(len(SEEDS) * real * (n_layers - s)
+                                                for s in group_starts),
+        "reference": (n_cells + 1) * int(sum(tokenized.lengths)) * n_layers,
+    }
     res = {
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformer_lens": version("transformer-lens"),
@@ -349,7 +364,7 @@ def main() -> None:
         "region_layers": region_layers, "prompt_lengths": list(tokenized.lengths),
         "batch_size": BATCH_SIZE, "max_length": MAX_LENGTH, "padding_side": PADDING,
         "repeats": args.repeats, "warmup": args.warmup,
-        "engine_forwards": engine,
+        "engine_forwards": engine, "token_layers": token_layers,
         "forwards": {"floor": len(plan), "fast": sum(engine.values()),
                      "plain": sum(plain_res.settings["forwards"].values()),
                      "reference": (n_cells + 1) * len(STANDARD_10)},

@@ -16,7 +16,7 @@ from tl_spec.experiments.sweep import NoiseCondition, run_sweep
 from tl_spec.hooks import noise, resolve_layers
 from tl_spec.prompts import E06_TEXTS, STANDARD_10
 from tl_spec.stats import LinearFit
-from tl_spec.tokens import tokenize
+from tl_spec.tokens import plan_batches, tokenize
 
 HAS_HOOKED = True
 try:
@@ -194,13 +194,15 @@ def test_fast_sweep_equals_plain_path(tl_model, arch):
     backend = "hooked" if HAS_HOOKED else "bridge"
     model = tl_model(arch, backend)
     tok = tokenize(model, STANDARD_10, max_length=128)
-    conds = [NoiseCondition(tuple(resolve_layers(r, 3)), s, seed, label=r)
-             for r in ("early", "middle", "late", "all") for s in (0.0, 0.05, 0.2)
+    conds = [NoiseCondition(tuple(resolve_layers(r, 3)), s, seed, site=site, label=str(r))
+             for site in ("attn_out", "pattern")
+             for r in ("early", "middle", "late", "all", (0, 2)) for s in (0.0, 0.05, 0.2)
              for seed in (42, 123)]
     kw = dict(stats=("correlation", "column_entropy", "row_entropy"), loss=True)
     fast = run_sweep(model, tok, conds, fast=True, **kw)
     plain = run_sweep(model, tok, conds, fast=False, batch_size=3, padding_side="left", **kw)
-    assert fast.forwards["clean"] == 1 and fast.forwards["noised"] < plain.forwards["noised"]
+    one_pass = len(plan_batches(tok.lengths, batch_size=16))  # the clean run happens once
+    assert fast.forwards["clean"] == one_pass and fast.forwards["noised"] < plain.forwards["noised"]
     for a, b in zip(fast.noised, plain.noised):
         for key in a:
             np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-6, err_msg=key)

@@ -3,11 +3,15 @@
 - The clean run happens once (SI statistics, per-prompt loss, the site's RMS, and the residual
   stream at each condition's first noised layer, per prompt).
 - Conditions with sigma = 0 are the clean run; they are not run again.
-- Conditions that differ only in seed run together: rows are (prompt, seed) pairs, bucketed by
-  length into batches of ``batch_size`` rows.
+- Conditions that differ only in seed run together: rows are (prompt, seed) pairs, grouped by
+  length into batches of at most ``batch_size`` rows with the least padded work
+  (:func:`~tl_spec.tokens.plan_batches`).
 - On ``HookedTransformer`` each noised forward starts at the first noised layer from the cached
-  residual (``start_at_layer``); statistics of earlier layers are the clean ones. The bridge
-  cannot start mid-way (TransformerLens raises), so there the forward is whole.
+  residual (``start_at_layer``); statistics of earlier layers are the clean ones. A group whose
+  noised layers extend another group's (``all`` extends ``early``) starts where that one's
+  noise ends, from the residual captured in that run (the noise is a pure function of seed,
+  prompt, layer and site, so it is the same residual). The bridge cannot start mid-way
+  (TransformerLens raises), so there the forward is whole.
 - Statistics are reduced inside the hooks.
 
 ``fast=False`` runs every condition separately from scratch (the plain path the fast one is
@@ -32,7 +36,7 @@ from tl_spec.hooks.capture import PatternStats
 from tl_spec.hooks.noising import NoiseHooks, prompt_key, site_hook_name
 from tl_spec.metrics.patterns import Region
 from tl_spec.models import backend_name
-from tl_spec.tokens import PaddingSide, Tokenized, pad_batch, pad_id
+from tl_spec.tokens import PaddingSide, Tokenized, pad_batch, pad_id, plan_batches
 
 __all__ = ["NoiseCondition", "SweepStats", "run_sweep"]
 
@@ -94,15 +98,17 @@ class _Runner:
         self.keys = [prompt_key(ids) for ids in tokenized.ids]
         self.can_start = backend_name(model) == "hooked"
         self.forwards: dict[str, int] = defaultdict(int)
-        self.resid_store: dict[tuple[int, int], torch.Tensor] = {}
+        self.resid_store: dict[tuple[Any, int, int, int], torch.Tensor] = {}
         self.rms_site: tuple[str, list[int]] = ("attn_out", [])
 
     def _chunks(self, rows: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
-        rows = sorted(rows, key=lambda r: (len(self.tok.ids[r[0]]), r))
-        return [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
+        rows = sorted(rows)
+        plan = plan_batches([len(self.tok.ids[p]) for p, _ in rows], batch_size=self.batch_size)
+        return [[rows[i] for i in group] for group in plan]
 
     def forward(self, rows: list[tuple[int, int]], *, noise: NoiseHooks | None, start: int,
-                resid: dict[int, torch.Tensor] | None, capture_resid: Sequence[int] = (),
+                resid: dict[tuple[int, int], torch.Tensor] | None,
+                capture_resid: Sequence[int] = (), source: Any = "clean",
                 site_sq: dict[int, list[float]] | None = None, kind: str,
                 stats_from: int = 0) -> dict[str, np.ndarray]:
         """Run ``rows`` ((prompt, seed) pairs); return per-row stats in the given row order."""
@@ -134,7 +140,7 @@ class _Runner:
             with torch.inference_mode(), self.model.hooks(fwd_hooks=hooks):
                 return_type = "logits" if self.loss else None
                 if start > 0 and self.can_start and resid is not None:
-                    x = _pad_resid([resid[p] for p in prompts], mask)
+                    x = _pad_resid([resid[row] for row in chunk], mask)
                     logits = self.model(x, start_at_layer=start, tokens=tokens,
                                         attention_mask=model_mask, return_type=return_type)
                 else:
@@ -147,8 +153,8 @@ class _Runner:
                 out["nll_sum"].append(nll)
                 out["n_predicted"].append(n)
             for layer, x in grabbed.items():
-                for r, p in enumerate(prompts):
-                    self.resid_store.setdefault((p, layer), x[r][mask[r].bool()].clone())
+                for r, (p, seed) in enumerate(chunk):
+                    self.resid_store[(source, p, seed, layer)] = x[r][mask[r].bool()].clone()
             ran.extend(chunk)
         index = {r: i for i, r in enumerate(ran)}
         take = [index[r] for r in rows]
@@ -164,6 +170,28 @@ class _Runner:
                 site_sq[layer][1] += float(vals.numel())
             return hook
         return [(site_hook_name(site, x), make(x)) for x in layers]
+
+
+def _plan_donors(keys: list[tuple]) -> dict[tuple, tuple[tuple, int]]:
+    """For each group, a group with the same sigma and site whose noised layers are exactly this
+    group's layers below some layer ``b`` of it: its run's residual at ``b`` is this group's
+    (noise is a pure function of seed, prompt, layer and site), so this group starts at ``b``.
+
+    >>> _plan_donors([((0, 1, 2), 0.1, "attn_out"), ((0, 1, 2, 3, 4, 5), 0.1, "attn_out")])
+    {((0, 1, 2, 3, 4, 5), 0.1, 'attn_out'): (((0, 1, 2), 0.1, 'attn_out'), 3)}
+    """
+    plan: dict[tuple, tuple[tuple, int]] = {}
+    for key in keys:
+        layers, sigma, site = key
+        for other in keys:
+            dl, ds, dsite = other
+            if ds != sigma or dsite != site or len(dl) >= len(layers):
+                continue
+            rest = [x for x in layers if x > dl[-1]]
+            if rest and tuple(x for x in layers if x <= dl[-1]) == dl:
+                if key not in plan or rest[0] > plan[key][1]:
+                    plan[key] = (other, rest[0])
+    return plan
 
 
 def run_sweep(
@@ -202,45 +230,65 @@ def run_sweep(
     starts = sorted({min(c.layers) for c in conditions if c.sigma > 0 and min(c.layers) > 0})
     capture = starts if (fast and runner.can_start) else []
     clean = runner.forward([(p, 0) for p in range(n_prompts)], noise=None, start=0, resid=None,
-                           capture_resid=capture, site_sq=site_sq, kind="clean")
+                           capture_resid=capture, site_sq=site_sq, kind="clean", source="clean")
     rms = {x: (v[0] / v[1]) ** 0.5 for x, v in site_sq.items()} if site_sq else {}
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, c in enumerate(conditions):
         groups[(c.layers, c.sigma, c.site)].append(i)
+    skipped = {k for k in groups if k[1] == 0 or (
+        fast and not loss and min(k[0]) + (k[2] in _AFTER_PATTERN) >= runner.n_layers)}
+    donors = _plan_donors([k for k in groups if k not in skipped]) if (
+        fast and runner.can_start) else {}
+    captures: dict[tuple, list[int]] = defaultdict(list)
+    for donor, b in donors.values():
+        captures[donor].append(b)
     results: list[dict[str, np.ndarray] | None] = [None] * len(conditions)
-    iterator: Any = groups.items()
+    done: dict[tuple, dict[int, dict[str, np.ndarray]]] = {}
+    iterator: Any = sorted(groups.items(), key=lambda kv: (len(kv[0][0]), kv[0]))
     if progress:
         from tqdm.auto import tqdm
 
         iterator = tqdm(iterator, total=len(groups), desc="noise conditions", unit="cond")
-    for (layers, sigma, site), members in iterator:
-        unchanged = fast and not loss and min(layers) + (site in _AFTER_PATTERN) >= runner.n_layers
-        if sigma == 0 or unchanged:  # nothing the measurement sees can change
+    for key, members in iterator:
+        layers, sigma, site = key
+        if key in skipped:  # sigma = 0, or nothing the measurement sees can change
             for i in members:
                 results[i] = {k: v.copy() for k, v in clean.items()}
             continue
         seeds = sorted({conditions[i].seed for i in members})
-        batches = [seeds] if fast else [[s] for s in seeds]
-        for seed_group in batches:
+        done[key] = {}
+        for seed_group in ([seeds] if fast else [[s] for s in seeds]):
             hooks = NoiseHooks(model, sigma=sigma, layers=list(layers), site=site,
                                relative=relative)
             if relative:
                 hooks.calibrate(rms)
-            start = min(layers) if (fast and runner.can_start) else 0
             grid = [(p, s) for s in seed_group for p in range(n_prompts)]
-            resid = {p: runner.resid_store[(p, start)] for p in range(n_prompts)} if start else None
-            # patterns of layers before the first noised one are the clean ones; so is the first
-            # noised layer's own pattern when the noise enters after it (attn_out, z)
-            first = min(layers) + (site in _AFTER_PATTERN) if fast else 0
+            donor, start = donors.get(key, (None, 0))
+            after = int(site in _AFTER_PATTERN)
+            if donor is not None and all(s in done.get(donor, {}) for s in seed_group):
+                resid = {(p, s): runner.resid_store[(donor, p, s, start)] for p, s in grid}
+                below = {s: done[donor][s] for s in seed_group}  # same noise below ``start``
+                first = start + after
+            else:
+                start = min(layers) if (fast and runner.can_start) else 0
+                resid = {(p, s): runner.resid_store[("clean", p, 0, start)]
+                         for p, s in grid} if start else None
+                below = {s: clean for s in seed_group}
+                first = min(layers) + after if fast else 0
+            # patterns before ``first`` are the donor's (or the clean ones): noise entering at or
+            # after a layer's attention output (attn_out, z) cannot change that layer's pattern
             got = runner.forward(grid, noise=hooks, start=start, resid=resid, kind="noised",
-                                 stats_from=first)
+                                 stats_from=first, capture_resid=captures.get(key, ()),
+                                 source=key)
             for j, seed in enumerate(seed_group):
                 part = {k: v[j * n_prompts : (j + 1) * n_prompts] for k, v in got.items()}
                 for stat in stats:
                     if stat not in part:  # no layer after the noise: every pattern is clean
-                        part[stat] = clean[stat].copy()
+                        part[stat] = below[seed][stat].copy()
                     elif first > 0:
-                        part[stat] = np.concatenate([clean[stat][:, :first], part[stat]], axis=1)
+                        part[stat] = np.concatenate([below[seed][stat][:, :first], part[stat]],
+                                                    axis=1)
+                done[key][seed] = part
                 for i in members:
                     if conditions[i].seed == seed:
                         results[i] = part
