@@ -143,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     zb.add_argument("set", help="default | refits")
     zb.add_argument("--out", default=None, help="directory (default: $TL_SPEC_CACHE/<set>)")
     zb.add_argument("--only", default=None, help="comma-separated model names of the set")
+    zb.add_argument("--workers", type=int, default=2,
+                    help="models built in parallel (one thread each; weights do not change)")
+    zb.add_argument("--max-steps", type=int, default=None, help="cap every recipe (smoke builds)")
+    zb.add_argument("--max-examples", type=int, default=None, help=argparse.SUPPRESS)
 
     dm = sub.add_parser("demo", help="the main job on the embedded zoo, offline")
     dm.add_argument("--out", default="tl_spec_demo", help="report directory")
@@ -312,7 +316,8 @@ def _cmd_zoo(args: argparse.Namespace) -> None:
         extra = f", held-out loss {held:.3f}" if held is not None else ""
         print(f"built {name}{extra}", file=sys.stderr)
 
-    root = zoo.build(args.set, out=args.out, only=only, on_done=done)
+    root = zoo.build(args.set, out=args.out, only=only, workers=args.workers, on_done=done,
+                     max_steps=args.max_steps, max_examples=args.max_examples)
     print(f"zoo set {args.set!r} complete in {root}")
 
 

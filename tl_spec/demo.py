@@ -56,6 +56,8 @@ def _steps() -> list[tuple[str, Callable[[dict[str, Any]], Any]]]:
 
 
 def _summary(results: dict[str, Any]) -> str:
+    from tl_spec.zoo import available
+
     si = results["SI, three definitions"]
     d = results["ΔSI base vs DPO twin"]
     probes = results["perturbation probe"]
@@ -73,6 +75,11 @@ def _summary(results: dict[str, Any]) -> str:
         rows.append((name, "PPL slope / log-PPL slope", f"{s.slope:.4g} / {s.log_slope:.4g}"))
     rows.append(("GQA / MHA", "slope ratio (ratio of means)",
                  f"{sens[2].ratio_of_means:.3g}x  (p = {sens[2].pvalue:.2g}, 3 seeds)"))
+    refits = [e for e in available() if e.set == "refits"]
+    ready = sum(e.ready for e in refits)
+    rows.append(("refits", "head stability",
+                 f"not measured: {ready}/{len(refits)} refits cached, and head stability "
+                 "(issue #6) is not implemented yet"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
 

@@ -35,6 +35,7 @@ TOKENIZER = "tokenizer"
 _BASE = dict(n_layers=4, d_model=64, n_heads=8, d_mlp=192, ctx=128, steps=1200, batch_size=16,
              lr=3e-3, warmup=60)
 _TWIN_SEEDS = (1, 2, 3)
+THREADS = 1  # torch threads per model build: part of the recipe (reductions follow it)
 
 
 @dataclass(frozen=True)
@@ -205,7 +206,24 @@ def _tokenizer(root: Path, corpus: Any) -> Path:
     return path
 
 
-def _run(model: ZooModel, out: Path, root: Path, corpus: Any, progress: bool) -> dict:
+def _capped(model: ZooModel, max_steps: int | None) -> ZooModel:
+    """The recipe with at most ``max_steps`` optimisation steps (smoke builds and tests)."""
+    if max_steps is None:
+        return model
+    import dataclasses
+
+    config = model.config
+    if config is not None:
+        config = dataclasses.replace(config, steps=min(config.steps, max_steps),
+                                     warmup=min(config.warmup, max_steps // 2))
+    options = dict(model.options)
+    if "steps" in options:
+        options["steps"] = min(options["steps"], max_steps)
+    return dataclasses.replace(model, config=config, options=options)
+
+
+def _run(model: ZooModel, out: Path, root: Path, corpus: Any, progress: bool,
+         max_examples: int | None = None) -> dict:
     from tl_spec.zoo.train import train_base
 
     if model.kind == "pretrain":
@@ -217,13 +235,37 @@ def _run(model: ZooModel, out: Path, root: Path, corpus: Any, progress: bool) ->
     parent = root / model.parent if model.parent else None
     if parent is None or not _ready(parent):
         raise TLSpecError(f"{model.name} needs {model.parent} built first in {root}")
-    examples = align.instruction_examples(corpus.train, seed=0)
+    examples = align.instruction_examples(corpus.train, seed=0)[:max_examples]
     if model.kind == "sft":
+        held = align.instruction_examples(corpus.heldout, seed=0)[:64]
         return align.train_sft(parent, out, examples, seed=model.seed, progress=progress,
-                               **model.options)
+                               eval_examples=held, **model.options)
     pairs = align.preference_pairs(examples, seed=model.seed)
     return align.train_dpo(parent, out, pairs, seed=model.seed, progress=progress,
                            **model.options)
+
+
+def _build_one(name: str, root: str, progress: bool, max_steps: int | None = None,
+               max_examples: int | None = None) -> dict[str, Any]:
+    """Build one model into ``root`` atomically (runs in a worker process or in-process)."""
+    import torch
+
+    from tl_spec.zoo.corpus import load_corpus
+
+    model, base = _capped(find(name), max_steps), Path(root)
+    torch.set_num_threads(THREADS)  # part of the recipe: weights are bitwise reproducible
+    corpus = load_corpus()
+    tmp = base / f".building-{name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    metrics = _run(model, tmp, base, corpus, progress, max_examples)
+    marker = {"recipe": model.recipe(), "metrics": metrics, "corpus": corpus.meta,
+              "threads": THREADS, "caps": {"max_steps": max_steps, "max_examples": max_examples},
+              "weights_sha256": _sha256(tmp / "model.safetensors")}
+    (tmp / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
+    final = base / name
+    shutil.rmtree(final, ignore_errors=True)  # a directory without marker is not a model
+    os.replace(tmp, final)
+    return metrics
 
 
 def build(
@@ -231,35 +273,57 @@ def build(
     *,
     out: str | Path | None = None,
     only: list[str] | None = None,
+    workers: int = 1,
     progress: bool = True,
     on_done: Callable[[str, dict], None] | None = None,
+    max_steps: int | None = None,
+    max_examples: int | None = None,
 ) -> Path:
     """Build (or finish building) every model of ``set_name`` under ``out`` (default: the cache).
 
     Models already complete are skipped; leftovers of an interrupted build are removed first.
+    Models of one stage (pretraining, then SFT, then DPO) build in ``workers`` processes of one
+    thread each, so the weights do not depend on ``workers``. ``max_steps`` / ``max_examples``
+    cap every recipe (smoke builds; the caps are recorded in each model's marker).
     """
+    import torch
+
     from tl_spec.zoo.corpus import load_corpus
 
     if set_name not in SETS:
         raise TLSpecError(f"unknown zoo set {set_name!r}; choose one of {', '.join(SETS)}")
+    if not isinstance(workers, int) or workers < 1:
+        raise TLSpecError(f"workers must be a positive integer, got {workers!r}")
     root = Path(out) if out is not None else cache_dir() / set_name
     _writable(root)
     for stale in root.glob(".building-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    corpus = load_corpus()
+    old_threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(THREADS)
+        _tokenizer(root, load_corpus())
+    finally:
+        torch.set_num_threads(old_threads)
     models = [m for m in SETS[set_name] if only is None or m.name in only]
-    for model in models:
-        final = root / model.name
-        if _ready(final):
+    for kind in ("pretrain", "sft", "dpo"):
+        todo = [m.name for m in models if m.kind == kind and not _ready(root / m.name)]
+        if workers > 1 and len(todo) > 1:
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+            from multiprocessing import get_context
+
+            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=get_context("spawn")) as pool:
+                futures = {pool.submit(_build_one, n, str(root), False, max_steps, max_examples): n
+                           for n in todo}
+                for future in as_completed(futures):
+                    metrics = future.result()
+                    if on_done is not None:
+                        on_done(futures[future], metrics)
             continue
-        tmp = root / f".building-{model.name}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        metrics = _run(model, tmp, root, corpus, progress)
-        marker = {"recipe": model.recipe(), "metrics": metrics, "corpus": corpus.meta,
-                  "weights_sha256": _sha256(tmp / "model.safetensors")}
-        (tmp / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
-        shutil.rmtree(final, ignore_errors=True)  # a directory without marker is not a model
-        os.replace(tmp, final)
-        if on_done is not None:
-            on_done(model.name, metrics)
+        for name in todo:
+            try:
+                metrics = _build_one(name, str(root), progress, max_steps, max_examples)
+            finally:
+                torch.set_num_threads(old_threads)
+            if on_done is not None:
+                on_done(name, metrics)
     return root

@@ -1,0 +1,159 @@
+"""The embedded zoo: corpus, shipped models, deterministic and resumable builds, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tl_spec
+from tl_spec import TLSpecError, zoo
+from tl_spec.prompts import STANDARD_10
+from tl_spec.zoo.corpus import load_corpus
+from tl_spec.zoo.registry import MARKER, SETS, _ready
+
+HAS_HOOKED = True
+try:
+    from transformer_lens import HookedTransformer  # noqa: F401
+except ImportError:
+    HAS_HOOKED = False
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TL_SPEC_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_corpus_is_real_english_with_provenance():
+    corpus = load_corpus()
+    meta = corpus.meta
+    assert meta["license"].startswith("PSF-2.0") and meta["n_documents"] == len(corpus.documents)
+    assert meta["n_characters"] > 1_500_000
+    held = len(corpus.heldout) / len(corpus.documents)
+    assert 0.03 < held < 0.08  # the id-hash rule holds out ~5 %
+    assert not {d.id for d in corpus.heldout} & {d.id for d in corpus.train}
+    topic = next(d for d in corpus.documents if d.id == "topic:assert")
+    assert "assert" in topic.text and "expression" in topic.text
+
+
+def test_default_set_is_shipped_and_verified(cache):
+    entries = {e.name: e for e in zoo.available()}
+    for model in SETS["default"]:
+        assert entries[model.name].ready, model.name
+        marker = json.loads((zoo.model_dir(model.name) / MARKER).read_text())
+        assert marker["recipe"]["name"] == model.name and marker["shipped_dtype"] == "float16"
+    assert not entries["refit-L2-wd0-s0"].ready  # refits are built on demand
+
+
+def test_base_models_learned_the_language():
+    for name in ("base-gqa", "base-mha", "base-swa"):
+        m = json.loads((zoo.model_dir(name) / MARKER).read_text())["metrics"]
+        assert m["heldout_loss"] < m["unigram_baseline"] - 1.5, name  # nats per token
+
+
+@pytest.mark.parametrize("backend", ["bridge", "hooked"] if HAS_HOOKED else ["bridge"])
+def test_zoo_models_load_on_both_backends(backend):
+    model = zoo.load("base-swa", backend=backend)
+    facts = tl_spec.describe(model, seq_len=128)
+    assert facts.backend == backend and facts.window_binds and facts.attention == "GQA"
+
+
+def test_trained_si_differs_from_random_init_beyond_the_interval(tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    trained_dir = zoo.model_dir("base-gqa")
+    random_dir = tmp_path / "random"
+    random = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(trained_dir))
+    random.save_pretrained(random_dir)
+    AutoTokenizer.from_pretrained(trained_dir).save_pretrained(random_dir)
+    d = tl_spec.delta_si(tl_spec.load_model(random_dir), tl_spec.load_model(trained_dir),
+                         STANDARD_10, n_resamples=2000)
+    assert not d.interval.contains(0.0), d.summary()
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_build_is_deterministic_and_independent_of_workers(tmp_path):
+    only = ["base-gqa", "base-mha", "gqa-sft-1", "gqa-dpo-1"]
+    kw = dict(only=only, max_steps=4, max_examples=48, progress=False)
+    a = zoo.build("default", out=tmp_path / "a", workers=1, **kw)
+    b = zoo.build("default", out=tmp_path / "b", workers=2, **kw)
+    for name in only:
+        assert _sha(a / name) == _sha(b / name), name
+    assert _sha(a / "base-gqa") != _sha(a / "base-mha")
+    assert _sha(a / "gqa-dpo-1") != _sha(a / "gqa-sft-1")
+    assert tl_spec.load_model(a / "gqa-dpo-1").cfg.n_layers == 4
+
+
+def test_interrupted_build_resumes_and_never_shows_half_models(tmp_path):
+    out = tmp_path / "refits"
+    names = "refit-L2-wd0-s0,refit-L2-wd0-s1"
+    cmd = [sys.executable, "-m", "tl_spec.cli", "zoo", "build", "refits", "--out", str(out),
+           "--only", names, "--workers", "1", "--max-steps", "60"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not _ready(out / "refit-L2-wd0-s0"):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # mid-way through the second model
+    proc.wait()
+    assert _ready(out / "refit-L2-wd0-s0")
+    assert not (out / "refit-L2-wd0-s1").exists()  # nothing half-written under its final name
+    done: list[str] = []
+    zoo.build("refits", out=out, only=names.split(","), max_steps=60, progress=False,
+              on_done=lambda name, metrics: done.append(name))
+    assert done == ["refit-L2-wd0-s1"]  # only the missing model was built
+    assert not list(out.glob(".building-*"))
+
+
+def test_bad_input(cache, tmp_path):
+    with pytest.raises(TLSpecError, match="unknown zoo model 'base-xl'"):
+        zoo.load("base-xl")
+    with pytest.raises(TLSpecError, match="unknown zoo set"):
+        zoo.build("huge", out=tmp_path)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(TLSpecError, match="cannot write to the zoo cache .* TL_SPEC_CACHE"):
+        zoo.build("refits", out=blocker / "sub")
+    with pytest.raises(TLSpecError, match="is not built; run `tl-spec zoo build refits`"):
+        zoo.load("refit-L4-wd0.1-s3")
+
+
+def test_corrupted_checkpoint_in_cache_is_refused(cache):
+    bad = cache / "default" / "base-gqa"
+    shutil.copytree(zoo.model_dir("base-gqa"), bad)
+    data = bytearray((bad / "model.safetensors").read_bytes())
+    data[-100] ^= 0xFF
+    (bad / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(TLSpecError, match="does not match the SHA-256 .* delete the directory"):
+        zoo.load("base-gqa")
+
+
+def test_trained_base_has_previous_token_heads(tmp_path):
+    """Measured, against a random-init model of the same config (README: 'Evidence')."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from tl_spec.zoo.evidence import head_scores
+
+    trained_dir = zoo.model_dir("base-gqa")
+    random_dir = tmp_path / "random"
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(trained_dir)).save_pretrained(
+        random_dir)
+    AutoTokenizer.from_pretrained(trained_dir).save_pretrained(random_dir)
+    trained = head_scores(tl_spec.load_model(trained_dir))
+    random = head_scores(tl_spec.load_model(random_dir))
+    assert trained["previous_token"].shape == (4, 8)
+    assert trained["previous_token"].max() > 3 * random["previous_token"].max()
+    assert trained["previous_token"].max() > 0.3

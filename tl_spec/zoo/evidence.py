@@ -1,0 +1,71 @@
+"""Evidence that a model learned something: previous-token and induction scores per head.
+
+Measured scores (both backends), in the spirit of TransformerLens' head detector:
+
+- ``previous_token``: mean attention from each query to the token just before it, over the real
+  tokens of natural text (held-out corpus documents);
+- ``induction``: on sequences made of a random token block repeated twice, mean attention from
+  each token of the second copy to the token that followed its earlier occurrence.
+
+>>> scores = head_scores(model)                       # doctest: +SKIP
+>>> scores["induction"].max() > 0.3                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float
+
+__all__ = ["head_scores"]
+
+
+def _patterns(model: Any, tokens: torch.Tensor) -> list[torch.Tensor]:
+    grabbed: dict[int, torch.Tensor] = {}
+    hooks = [(f"blocks.{layer}.attn.hook_pattern",
+              lambda x, hook, layer=layer: grabbed.__setitem__(layer, x.detach().float()))
+             for layer in range(int(model.cfg.n_layers))]
+    with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
+        model(tokens, return_type=None)
+    return [grabbed[layer] for layer in range(len(grabbed))]
+
+
+def head_scores(
+    model: Any,
+    *,
+    n_texts: int = 16,
+    text_tokens: int = 64,
+    n_repeats: int = 8,
+    block: int = 24,
+    seed: int = 0,
+) -> dict[str, Float[np.ndarray, "n_layers n_heads"]]:
+    """Previous-token and induction score of every head, ``[layers, heads]`` each.
+
+    >>> head_scores(model)["previous_token"].shape  # doctest: +SKIP
+    (4, 8)
+    """
+    from tl_spec.zoo.corpus import load_corpus
+
+    docs = [d.text for d in load_corpus().heldout if len(d.text) > 400][:n_texts]
+    prev = []
+    for text in docs:
+        tokens = model.to_tokens(text)[:, :text_tokens]
+        pats = _patterns(model, tokens)
+        prev.append([p[0].diagonal(offset=-1, dim1=-2, dim2=-1).mean(-1).cpu().numpy()
+                     for p in pats])
+    gen = torch.Generator().manual_seed(seed)
+    vocab = int(model.cfg.d_vocab)
+    ind = []
+    for _ in range(n_repeats):
+        rand = torch.randint(10, vocab, (block,), generator=gen)
+        bos = model.to_tokens("")[0, :1]
+        tokens = torch.cat([bos, rand, rand])[None]
+        pats = _patterns(model, tokens)
+        # second copy: positions block+1 .. 2*block; the earlier occurrence of position i is
+        # i - block, and the token after it is i - block + 1
+        q = torch.arange(block + 1, 2 * block + 1)
+        ind.append([p[0][:, q, q - block + 1].mean(-1).cpu().numpy() for p in pats])
+    return {"previous_token": np.mean(np.array(prev), axis=0),
+            "induction": np.mean(np.array(ind), axis=0)}

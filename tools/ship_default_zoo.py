@@ -1,0 +1,50 @@
+"""Copy a built default zoo set into the package (tl_spec/zoo/default/) in float16.
+
+    python tools/ship_default_zoo.py /path/to/built/default
+
+The weights are stored in float16 to keep the wheel small (each model ~0.7 MB). Each marker keeps
+the SHA-256 of the float32 build (``built_weights_sha256``: `tl-spec zoo build default`
+reproduces it bit for bit with the same recipe and thread count) and of the shipped float16 file
+(``weights_sha256``, checked on every load).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from tl_spec.zoo.registry import MARKER, SETS
+
+DEST = Path(__file__).resolve().parents[1] / "tl_spec" / "zoo" / "default"
+
+
+def main(src: str) -> None:
+    source = Path(src)
+    if DEST.exists():
+        shutil.rmtree(DEST)
+    for model in SETS["default"]:
+        built = source / model.name
+        out = DEST / model.name
+        out.mkdir(parents=True)
+        for item in built.iterdir():
+            if item.name not in ("model.safetensors", MARKER) and item.is_file():
+                shutil.copy2(item, out / item.name)
+        weights = load_file(built / "model.safetensors")
+        save_file({k: v.to(torch.float16) for k, v in weights.items()}, out / "model.safetensors",
+                  metadata={"format": "pt"})
+        marker = json.loads((built / MARKER).read_text())
+        marker["built_weights_sha256"] = marker["weights_sha256"]
+        marker["weights_sha256"] = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+        marker["shipped_dtype"] = "float16"
+        (out / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
+        print(f"{model.name}: {(out / 'model.safetensors').stat().st_size / 1e6:.2f} MB")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
