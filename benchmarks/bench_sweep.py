@@ -17,11 +17,11 @@ to end:
    Python loops over layers and heads in numpy, SI = 1 - nanmean(triu(corrcoef(E.T), 1)). Every
    cell is run, sigma = 0 included, plus the clean run. Its noise comes from another generator,
    so only the clean SI and the sigma = 0 cells are checked against tl_spec's clean SI.
-4. ``floor``: the bare forward passes the fast path cannot avoid, no hooks: one clean forward
-   per prompt batch, and per (region, sigma > 0) group one forward per batch of (prompt, seed)
-   rows starting at the region's first layer (``start_at_layer``, residual cached outside the
-   timed section). Batches, padding and length bucketing are the engine's; the number of
-   forwards is asserted equal to ``SweepResult.settings["forwards"]``.
+4. ``floor``: the bare forward passes the fast path runs, replayed with no hooks: the engine
+   records every forward (kind, start layer, rows) in ``SweepStats.forward_plan``; the floor
+   runs the same batches from the same layers (``start_at_layer``, residual of the right shape
+   built outside the timed section). The number of forwards is asserted equal to
+   ``SweepResult.settings["forwards"]``.
 
 Conditions are interleaved (A B C D A B C D ...) after warm-up rounds; medians are reported.
 Results go to ``--out``/bench_sweep.json and bench_sweep.md.
@@ -86,12 +86,6 @@ def sweep(model, fast: bool):
 
 # ---- the floor: the engine's batches, bare forwards -------------------------------------------
 
-def chunks(rows, ids):
-    """The engine's length bucketing (sweep.py ``_Runner._chunks``): sort by (length, row)."""
-    rows = sorted(rows, key=lambda r: (len(ids[r[0]]), r))
-    return [rows[i : i + BATCH_SIZE] for i in range(0, len(rows), BATCH_SIZE)]
-
-
 def pad_batch(seqs, pad: int, device):
     """Right padding; the model runs with an all-ones mask (causal: pads follow real tokens)."""
     width = max(len(s) for s in seqs)
@@ -104,51 +98,35 @@ def pad_batch(seqs, pad: int, device):
 
 
 def floor_plan(model, tokenized, region_layers: dict[str, list[int]], device):
-    """Every forward the fast path runs, as (tokens, all-ones mask, start layer, padded resid),
-    and the start layer of each noised group."""
-    ids, n_prompts = tokenized.ids, len(tokenized.ids)
-    pad, n_layers = pad_id(model), int(model.cfg.n_layers)
-    can_start = backend_name(model) == "hooked"
-    groups = []  # the engine groups conditions by (layers, sigma, site), first-seen order
-    for name in REGIONS:
-        for sigma in SIGMAS:
-            key = (tuple(region_layers[name]), sigma)
-            if key not in groups:
-                groups.append(key)
-    work = []
-    for layers, sigma in groups:
-        # sigma = 0 is the clean run; attn_out noise in the last layer alone changes no pattern
-        if sigma == 0 or min(layers) + 1 >= n_layers:
-            continue
-        work.append(min(layers) if can_start else 0)
-    starts = sorted({s for s in work if s > 0})
-    plan, resid = [], {}
-    for chunk in chunks([(p, 0) for p in range(n_prompts)], ids):
-        tokens, mask = pad_batch([ids[p] for p, _ in chunk], pad, device)
-        plan.append({"kind": "clean", "tokens": tokens, "mask": torch.ones_like(mask), "start": 0,
-                     "resid": None})
-        if starts:  # the residual the engine caches at each start layer, per prompt
-            names = [f"blocks.{k}.hook_resid_pre" for k in starts]
-            with torch.inference_mode():
-                _, cache = model.run_with_cache(tokens, attention_mask=torch.ones_like(mask),
-                                                names_filter=names, return_type=None)
-            for k in starts:
-                x = cache[f"blocks.{k}.hook_resid_pre"]
-                for r, (p, _) in enumerate(chunk):
-                    resid[(p, k)] = x[r][mask[r].bool()].clone()
-    for start in work:
-        rows = [(p, s) for s in SEEDS for p in range(n_prompts)]
-        for chunk in chunks(rows, ids):
-            tokens, mask = pad_batch([ids[p] for p, _ in chunk], pad, device)
-            x = None
-            if start > 0:
-                x = resid[(chunk[0][0], start)].new_zeros((len(chunk), tokens.shape[1],
-                                                          resid[(chunk[0][0], start)].shape[-1]))
-                for r, (p, _) in enumerate(chunk):
-                    x[r, : len(ids[p])] = resid[(p, start)]
-            plan.append({"kind": "noised", "tokens": tokens, "mask": torch.ones_like(mask),
-                         "start": start, "resid": x})
-    return plan, work
+    """Every forward the fast path runs (recorded by the engine itself), as bare forwards:
+    (tokens, all-ones mask, start layer, a residual of the right shape)."""
+    from tl_spec.experiments.sweep import NoiseCondition, run_sweep
+
+    ids, pad = tokenized.ids, pad_id(model)
+    conds = [NoiseCondition(tuple(region_layers[r]), float(s), seed, "attn_out", r)
+             for r in REGIONS for s in SIGMAS for seed in SEEDS]
+    recorded = run_sweep(model, tokenized, conds, stats=("column_entropy",),
+                         batch_size=BATCH_SIZE).forward_plan
+    starts = sorted({start for _, start, _ in recorded if start > 0})
+    tokens, mask = pad_batch([ids[p] for p in range(len(ids))], pad, device)
+    names = [f"blocks.{k}.hook_resid_pre" for k in starts]
+    with torch.inference_mode():
+        _, cache = model.run_with_cache(tokens, attention_mask=torch.ones_like(mask),
+                                        names_filter=names, return_type=None)
+    resid = {(p, k): cache[f"blocks.{k}.hook_resid_pre"][p][mask[p].bool()].clone()
+             for k in starts for p in range(len(ids))}
+    plan = []
+    for kind, start, prompts in recorded:
+        toks, m = pad_batch([ids[p] for p in prompts], pad, device)
+        x = None
+        if start > 0:
+            x = resid[(prompts[0], start)].new_zeros((len(prompts), toks.shape[1],
+                                                      resid[(prompts[0], start)].shape[-1]))
+            for r, p in enumerate(prompts):
+                x[r, : len(ids[p])] = resid[(p, start)]
+        plan.append({"kind": kind, "tokens": toks, "mask": torch.ones_like(m), "start": start,
+                     "resid": x, "prompts": prompts})
+    return plan, starts
 
 
 def floor(model, plan) -> None:
@@ -323,7 +301,7 @@ def main() -> None:
                                                       fast_res.si_clean)
     assert sigma0 <= tol, ("reference sigma=0 cells", sigma0)
 
-    plan, group_starts = floor_plan(model, tokenized, region_layers, args.device)
+    plan, _ = floor_plan(model, tokenized, region_layers, args.device)
     engine = fast_res.settings["forwards"]
     kinds = Counter(f["kind"] for f in plan)
     assert dict(kinds) == {k: v for k, v in engine.items() if v}, (dict(kinds), engine)
@@ -341,12 +319,11 @@ def main() -> None:
     med = {k: statistics.median(v["wall"]) for k, v in times.items()}
     n_cells = len(REGIONS) * len(SIGMAS) * len(SEEDS)
     n_layers = int(model.cfg.n_layers)
-    real = int(sum(tokenized.lengths))
     # work in (token rows x layers run): the padded batches of the engine vs one unpadded prompt
     token_layers = {
         "floor": sum(f["tokens"].numel() * (n_layers - f["start"]) for f in plan),
-        "floor_unpadded": real * n_layers + sum(len(SEEDS) * real * (n_layers - s)
-                                                for s in group_starts),
+        "floor_unpadded": sum(sum(tokenized.lengths[p] for p in f["prompts"])
+                              * (n_layers - f["start"]) for f in plan),
         "reference": (n_cells + 1) * int(sum(tokenized.lengths)) * n_layers,
     }
     res = {

@@ -63,6 +63,9 @@ class SweepStats:
     noised: list[dict[str, np.ndarray]]
     rms: dict[int, float] = field(default_factory=dict)
     forwards: dict[str, int] = field(default_factory=dict)
+    #: every forward pass run, in order: (kind, start layer, prompt index of each row); what a
+    #: benchmark replays without hooks as the floor
+    forward_plan: list[tuple[str, int, list[int]]] = field(default_factory=list)
 
 
 class _Loss:
@@ -99,6 +102,7 @@ class _Runner:
         self.can_start = backend_name(model) == "hooked"
         self.forwards: dict[str, int] = defaultdict(int)
         self.resid_store: dict[tuple[Any, int, int, int], torch.Tensor] = {}
+        self.plan: list[tuple[str, int, list[int]]] = []
         self.rms_site: tuple[str, list[int]] = ("attn_out", [])
 
     def _chunks(self, rows: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
@@ -146,6 +150,7 @@ class _Runner:
                 else:
                     logits = self.model(tokens, attention_mask=model_mask, return_type=return_type)
             self.forwards[kind] += 1
+            self.plan.append((kind, start if resid is not None else 0, prompts))
             if pstats is not None:
                 out.update({k: out[k] + [v] for k, v in pstats.collect().items()})
             if self.loss:
@@ -294,4 +299,4 @@ def run_sweep(
                         results[i] = part
     assert all(r is not None for r in results)
     return SweepStats(clean=clean, conditions=list(conditions), noised=results,  # type: ignore[arg-type]
-                      rms=rms, forwards=dict(runner.forwards))
+                      rms=rms, forwards=dict(runner.forwards), forward_plan=runner.plan)

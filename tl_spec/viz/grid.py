@@ -26,7 +26,7 @@ from jaxtyping import Float
 
 from tl_spec.errors import TLSpecError
 from tl_spec.viz.colors import ColorScale, oklch_to_hex, text_color
-from tl_spec.viz.html import content_key, data_script, esc, page, runtime_tags
+from tl_spec.viz.html import data_script, esc, page, runtime_tags
 from tl_spec.viz.patterns import MAX_TOKENS, PatternSet, capture_patterns, check_decimals
 
 if TYPE_CHECKING:
