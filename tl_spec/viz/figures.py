@@ -339,22 +339,6 @@ def stability_figure(
     return fig, FigureData("stability", "layer", ylabel, series, bands=bands)
 
 
-def _atomic_bytes(path: Path, data: bytes) -> Path:
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save(
     fig: Any, path_without_ext: str | os.PathLike[str], *, dpi: int = 200
 ) -> tuple[Path, Path]:
@@ -367,7 +351,7 @@ def save(
     """
     import matplotlib
 
-    from tl_spec.results import atomic_write_text
+    from tl_spec.results import atomic_write_bytes, atomic_write_text
 
     base = Path(path_without_ext)
     if base.suffix.lower() in (".png", ".svg"):
@@ -379,5 +363,5 @@ def save(
         png, svg = io.BytesIO(), io.StringIO()
         fig.savefig(png, format="png", dpi=dpi, metadata={"Software": None}, facecolor="white")
         fig.savefig(svg, format="svg", metadata={"Date": None, "Creator": None}, facecolor="white")
-    return (_atomic_bytes(base.with_suffix(".png"), png.getvalue()),
+    return (atomic_write_bytes(base.with_suffix(".png"), png.getvalue()),
             atomic_write_text(base.with_suffix(".svg"), svg.getvalue()))
