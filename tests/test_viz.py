@@ -11,6 +11,7 @@ import json
 import math
 import re
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -424,3 +425,21 @@ def test_notebooks_show_the_head_grid(name):
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     assert "head_grid(" in code
+
+
+def test_report_sections_for_noise_results(tmp_path):
+    """Probe verdicts, sweep tables and sensitivity curves get their own sections."""
+    import tl_spec
+    from tl_spec.prompts import E06_TEXTS, STANDARD_10
+
+    model = tl_spec.zoo.load("base-gqa")
+    probe = tl_spec.perturbation_probe(model, STANDARD_10[:4], sigma=0.05, n_resamples=200)
+    sweep = tl_spec.probe_sweep(model, STANDARD_10[:4], sigmas=(0, 0.1, 0.2), seeds=(42,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sens = tl_spec.noise_sensitivity(model, E06_TEXTS, sigmas=(0, 0.1, 0.2), seeds=(42, 123))
+    html = tl_spec.viz.write_report([probe, sweep, sens], tmp_path).read_text()
+    assert "No report renderer" not in html
+    assert probe.verdict in html and f"{probe.response_pct:+.2f} %" in html
+    assert "Probe sweep" in html and "sigma 0.2" in html
+    assert html.count("<polyline") >= 2 + 3  # sensitivity curves (2 seeds) + sweep regions (4)
