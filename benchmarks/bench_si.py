@@ -31,7 +31,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import warnings
 from importlib.metadata import version
 from pathlib import Path
@@ -45,24 +44,12 @@ from tl_spec.prompts import STANDARD_10
 from tl_spec.tokens import batches, pad_id, tokenize
 from tl_spec.zoo.tiny import build_random_checkpoint
 
+from common import MODEL, default_backend, load, sync, time_interleaved  # noqa: E402
+
 METHODS = ("pattern", "entropy_profile", "normalized_entropy")
 BATCH_SIZE, MAX_LENGTH, PADDING = 16, 128, "right"  # specialization_index's defaults
-MODEL = dict(arch="llama-gqa", num_hidden_layers=8, hidden_size=512, intermediate_size=1408,
-             num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096)
 QUICK_MODEL = dict(MODEL, num_hidden_layers=2)
 TIME_TARGET, MEM_TARGET = 1.2, 0.25
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def load(path: Path, args: argparse.Namespace):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return tl_spec.load_model(str(path), backend=args.backend, dtype=args.dtype,
-                                  device=args.device)
 
 
 def prepared_batches(model, tokenized, device):
@@ -113,21 +100,6 @@ def hf_route(hf_model, ids, device) -> float:
             layers.append(1.0 - corr[np.triu_indices(corr.shape[0], 1)].mean())
         per_prompt.append(layers)
     return float(np.mean(np.mean(per_prompt, axis=0)))
-
-
-def time_interleaved(conds: dict, device: str, warmup: int, repeats: int) -> dict:
-    """Wall and process-CPU seconds per run (CPU time is robust to other load on shared hosts)."""
-    times: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in conds}
-    for round_ in range(warmup + repeats):
-        for name, fn in conds.items():
-            sync(device)
-            c0, t0 = time.process_time(), time.perf_counter()
-            fn()
-            sync(device)
-            if round_ >= warmup:
-                times[name]["wall"].append(time.perf_counter() - t0)
-                times[name]["cpu"].append(time.process_time() - c0)
-    return times
 
 
 # ---- memory: one long prompt, each route in a fresh interpreter --------------------------------
@@ -210,14 +182,6 @@ def measure_memory(args: argparse.Namespace, model_dir: Path, route: str) -> dic
 
 
 # ---- main ----------------------------------------------------------------------------------------
-
-def default_backend() -> str:
-    try:
-        from transformer_lens import HookedTransformer  # noqa: F401
-    except ImportError:
-        return "bridge"
-    return "hooked"
-
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -38,8 +38,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
-import warnings
 from collections import Counter
 from importlib.metadata import version
 from pathlib import Path
@@ -50,32 +48,19 @@ import torch
 import tl_spec
 from tl_spec.models import backend_name
 from tl_spec.prompts import STANDARD_10
-from tl_spec.tokens import pad_id, tokenize
+from tl_spec.tokens import pad_batch, pad_id, tokenize
 from tl_spec.zoo.tiny import build_random_checkpoint
+
+from common import MODEL, default_backend, load, time_interleaved  # noqa: E402
 
 REGIONS = ("early", "middle", "late", "all")
 SIGMAS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)
 SEEDS = (42, 123, 456)
 METHOD, SITE = "entropy_profile", "attn_out"
 BATCH_SIZE, MAX_LENGTH, PADDING = 16, 128, "right"  # probe_sweep's defaults
-MODEL = {"arch": "llama-gqa", "num_hidden_layers": 8, "hidden_size": 512,
-         "intermediate_size": 1408, "num_attention_heads": 8, "num_key_value_heads": 2,
-         "max_position_embeddings": 4096}  # as bench_si.py
 QUICK_MODEL = dict(MODEL, num_hidden_layers=3)  # 3 layers: "late" is the last layer alone
 FLOOR_TARGET = 1.15
 REF_TARGET = {"cpu": 2.0, "cuda": 20.0}
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def load(path: Path, args: argparse.Namespace):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return tl_spec.load_model(str(path), backend=args.backend, dtype=args.dtype,
-                                  device=args.device)
 
 
 def sweep(model, fast: bool):
@@ -85,17 +70,6 @@ def sweep(model, fast: bool):
 
 
 # ---- the floor: the engine's batches, bare forwards -------------------------------------------
-
-def pad_batch(seqs, pad: int, device):
-    """Right padding; the model runs with an all-ones mask (causal: pads follow real tokens)."""
-    width = max(len(s) for s in seqs)
-    tokens = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, s in enumerate(seqs):
-        tokens[r, : len(s)] = torch.tensor(list(s), dtype=torch.long)
-        mask[r, : len(s)] = 1
-    return tokens.to(device), mask.to(device)
-
 
 def floor_plan(model, tokenized, region_layers: dict[str, list[int]], device):
     """Every forward the fast path runs (recorded by the engine itself), as bare forwards:
@@ -108,7 +82,7 @@ def floor_plan(model, tokenized, region_layers: dict[str, list[int]], device):
     recorded = run_sweep(model, tokenized, conds, stats=("column_entropy",),
                          batch_size=BATCH_SIZE).forward_plan
     starts = sorted({start for _, start, _ in recorded if start > 0})
-    tokens, mask = pad_batch([ids[p] for p in range(len(ids))], pad, device)
+    tokens, mask = pad_batch([ids[p] for p in range(len(ids))], pad_id=pad, device=device)
     names = [f"blocks.{k}.hook_resid_pre" for k in starts]
     with torch.inference_mode():
         _, cache = model.run_with_cache(tokens, attention_mask=torch.ones_like(mask),
@@ -117,7 +91,7 @@ def floor_plan(model, tokenized, region_layers: dict[str, list[int]], device):
              for k in starts for p in range(len(ids))}
     plan = []
     for kind, start, prompts in recorded:
-        toks, m = pad_batch([ids[p] for p in prompts], pad, device)
+        toks, m = pad_batch([ids[p] for p in prompts], pad_id=pad, device=device)
         x = None
         if start > 0:
             x = resid[(prompts[0], start)].new_zeros((len(prompts), toks.shape[1],
@@ -195,32 +169,6 @@ def reference(hf_model, ids, region_layers, device) -> tuple[float, np.ndarray]:
 
 
 # ---- timing and report ---------------------------------------------------------------------------
-
-def time_interleaved(conds: dict, device: str, warmup: int, repeats: int) -> dict:
-    """Wall and process-CPU seconds per run (CPU time is robust to other load on shared hosts)."""
-    times = {name: {"wall": [], "cpu": []} for name in conds}
-    for round_ in range(warmup + repeats):
-        for name, fn in conds.items():
-            sync(device)
-            c0, t0 = time.process_time(), time.perf_counter()
-            fn()
-            sync(device)
-            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-            if round_ >= warmup:
-                times[name]["wall"].append(wall)
-                times[name]["cpu"].append(cpu)
-            print(f"  round {round_}{' (warm-up)' if round_ < warmup else ''} {name}: "
-                  f"{wall:.3f} s", file=sys.stderr, flush=True)
-    return times
-
-
-def default_backend() -> str:
-    try:
-        from transformer_lens import HookedTransformer  # noqa: F401
-    except ImportError:
-        return "bridge"
-    return "hooked"
-
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -314,7 +262,7 @@ def main() -> None:
         "plain": lambda: sweep(model, False),
         "reference": lambda: reference(hf_model, tokenized.ids, region_layers, args.device),
     }
-    times = time_interleaved(conds, args.device, args.warmup, args.repeats)
+    times = time_interleaved(conds, args.device, args.warmup, args.repeats, verbose=True)
 
     med = {k: statistics.median(v["wall"]) for k, v in times.items()}
     n_cells = len(REGIONS) * len(SIGMAS) * len(SEEDS)
