@@ -288,7 +288,7 @@ def specialization_index(
                       undefined_heads=summary.undefined_heads)
         if aggregate == "prompt":
             fields["per_prompt"] = summary.per_prompt_layer
-            fields["per_prompt_heads"] = _per_prompt_head_corr(corr)
+            fields["per_prompt_heads"] = summary.per_prompt_head_correlation
         if kv < facts.n_heads and kv > 1:
             fields["within_group"], fields["between_group"] = gqa_group_split(corr, kv)
         per_layer, per_head = summary.per_layer, 1.0 - summary.head_correlation
@@ -329,13 +329,3 @@ def specialization_index(
                               options=settings),
         **fields,
     )
-
-
-def _per_prompt_head_corr(corr: np.ndarray) -> np.ndarray:
-    """Each head's mean correlation with the other heads, per prompt: [P, L, H]."""
-    n = corr.shape[-1]
-    off = np.where(np.eye(n, dtype=bool), np.nan, corr)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(off, axis=-1)
-

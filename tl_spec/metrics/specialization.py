@@ -73,7 +73,8 @@ class CorrelationSummary:
     """SI of the ``pattern`` family from per-prompt head-by-head correlations.
 
     ``per_prompt_layer`` is SI per prompt and layer; ``head_correlation`` each head's mean
-    correlation with the other heads of its layer (averaged over prompts); ``undefined_heads``
+    correlation with the other heads of its layer (averaged over prompts; per prompt in
+    ``per_prompt_head_correlation``); ``undefined_heads``
     counts (prompt, layer, head) triples whose pattern had zero variance.
     """
 
@@ -81,6 +82,7 @@ class CorrelationSummary:
     per_layer: Float[np.ndarray, "n_layers"]
     head_correlation: Float[np.ndarray, "n_layers n_heads"]
     undefined_heads: int
+    per_prompt_head_correlation: Float[np.ndarray, "n_prompts n_layers n_heads"]
 
 
 def _head_means(corr: np.ndarray, include: np.ndarray) -> np.ndarray:
@@ -107,8 +109,10 @@ def si_from_correlations(
     diag = np.isnan(np.diagonal(corr, axis1=-2, axis2=-1))
     with np.errstate(invalid="ignore"), _quiet():
         per_layer = np.nanmean(per_prompt_layer, axis=0)
-        head_corr = np.nanmean(_head_means(corr, np.ones((n_heads, n_heads), bool)), axis=0)
-    return CorrelationSummary(per_prompt_layer, per_layer, head_corr, int(diag.sum()))
+        per_prompt_heads = _head_means(corr, np.ones((n_heads, n_heads), bool))
+        head_corr = np.nanmean(per_prompt_heads, axis=0)
+    return CorrelationSummary(per_prompt_layer, per_layer, head_corr, int(diag.sum()),
+                              per_prompt_heads)
 
 
 def gqa_group_split(
