@@ -26,6 +26,7 @@ __all__ = [
     "ZERO_VARIANCE_STD",
     "check_region",
     "column_entropy",
+    "cross_correlations",
     "entry_mask",
     "head_correlations",
     "row_entropy",
@@ -125,6 +126,48 @@ def head_correlations(
     corr = (cov / (sd[..., :, None] * sd[..., None, :])).clamp(-1.0, 1.0)
     flat = sd < ZERO_VARIANCE_STD * n.sqrt()
     bad = flat[..., :, None] | flat[..., None, :]
+    return torch.where(bad, torch.full_like(corr, float("nan")), corr)
+
+
+def cross_correlations(
+    pattern_a: Float[torch.Tensor, "batch n_heads query_pos key_pos"],
+    pattern_b: Float[torch.Tensor, "batch n_heads query_pos key_pos"],
+    valid: Bool[torch.Tensor, "batch query_pos key_pos"],
+    *,
+    dtype: torch.dtype = torch.float64,
+) -> Float[torch.Tensor, "batch n_heads n_heads"]:
+    """Pearson correlation of every head of ``pattern_a`` with every head of ``pattern_b``.
+
+    Two models' patterns on the same prompts, over each prompt's valid entries (as in
+    :func:`head_correlations`, which is the case ``pattern_a is pattern_b``); entry ``[b, i, j]``
+    is head ``i`` of the first against head ``j`` of the second. Zero-variance heads give NaN.
+
+    >>> p = torch.rand(1, 2, 4, 4)
+    >>> ok = torch.ones(1, 4, 4, dtype=torch.bool)
+    >>> bool(torch.allclose(cross_correlations(p, p, ok), head_correlations(p, ok)))
+    True
+    """
+    if pattern_a.shape != pattern_b.shape:
+        raise ValueError(f"pattern shapes differ: {tuple(pattern_a.shape)} vs {tuple(pattern_b.shape)}")
+    batch, heads = pattern_a.shape[:2]
+    n = valid.sum(dim=(-1, -2)).to(dtype)[:, None]
+    cross = pattern_a.new_zeros((batch, heads, heads), dtype=dtype)
+    tot_a, tot_b, sq_a, sq_b = (pattern_a.new_zeros((batch, heads), dtype=dtype) for _ in range(4))
+    for rows in _row_chunks(pattern_a, dtype, CHUNK_BYTES // 2):
+        keep = valid[:, None, rows]
+        xa = torch.where(keep, pattern_a[:, :, rows].to(dtype), 0.0).flatten(-2)
+        xb = torch.where(keep, pattern_b[:, :, rows].to(dtype), 0.0).flatten(-2)
+        cross += xa @ xb.transpose(-1, -2)
+        sq_a += (xa * xa).sum(-1)
+        sq_b += (xb * xb).sum(-1)
+        tot_a += xa.sum(-1)
+        tot_b += xb.sum(-1)
+    cov = cross - tot_a[..., :, None] * tot_b[..., None, :] / n[..., None]
+    sd_a = (sq_a - tot_a**2 / n).clamp_min(0).sqrt()
+    sd_b = (sq_b - tot_b**2 / n).clamp_min(0).sqrt()
+    corr = (cov / (sd_a[..., :, None] * sd_b[..., None, :])).clamp(-1.0, 1.0)
+    floor = ZERO_VARIANCE_STD * n.sqrt()
+    bad = (sd_a < floor)[..., :, None] | (sd_b < floor)[..., None, :]
     return torch.where(bad, torch.full_like(corr, float("nan")), corr)
 
 
