@@ -34,6 +34,7 @@ __all__ = [
     "layer_windows",
     "load_model",
     "model_id",
+    "random_init_like",
     "resolve_dtype",
     "require_pattern_hooks",
 ]
@@ -284,6 +285,37 @@ def model_id(model: Any) -> str:
         if value:
             return str(value)
     return type(model).__name__
+
+
+def random_init_like(model: Any, seed: int) -> Any:
+    """A copy of ``model`` re-initialised from ``seed`` by its own initialiser: no trained structure.
+
+    ``HookedTransformer``: TransformerLens' ``init_weights`` (its ``cfg.init_mode``);
+    ``TransformerBridge``: the wrapped Hugging Face model's ``_init_weights`` on every module.
+    The copy has the trained model's architecture, tokenizer, dtype and device: a null model.
+
+    >>> null = random_init_like(model, seed=1)  # doctest: +SKIP
+    """
+    import copy
+
+    kind = backend_name(model)
+    if kind not in ("hooked", "bridge"):
+        raise TLSpecError(
+            f"cannot re-initialise a {type(model).__name__}: random-init null models need a "
+            "HookedTransformer or TransformerBridge; pass null models explicitly instead"
+        )
+    clone = copy.deepcopy(model)
+    devices = {p.device for p in clone.parameters()}
+    fork = [d for d in devices if d.type == "cuda"]
+    with torch.random.fork_rng(devices=fork), torch.no_grad():
+        torch.manual_seed(seed)
+        if kind == "hooked":
+            clone.init_weights()
+        else:
+            hf = clone.original_model
+            for module in hf.modules():
+                hf._init_weights(module)
+    return clone
 
 
 def require_pattern_hooks(model: Any) -> None:
