@@ -23,7 +23,10 @@ from tl_spec.experiments.sensitivity import (
     compare_sensitivity,
     noise_sensitivity,
 )
+from tl_spec.experiments.importance import ImportanceResult, head_importance
 from tl_spec.experiments.si import SIResult, specialization_index
+from tl_spec.experiments.stability import StabilityResult, head_stability
+from tl_spec.experiments.stability_study import StudyGroup, StudyResult, stability_study
 from tl_spec.hooks.capture import PatternStats
 from tl_spec.metrics.specialization import si_from_entropy_profile
 from tl_spec.models import ModelFacts, describe, load_model
@@ -36,10 +39,14 @@ except PackageNotFoundError:  # running from a source tree without installation
 
 __all__ = [
     "DeltaResult",
+    "ImportanceResult",
     "ModelFacts",
     "PatternStats",
     "ProbeResult",
     "SIResult",
+    "StabilityResult",
+    "StudyGroup",
+    "StudyResult",
     "SensitivityComparison",
     "SensitivityResult",
     "SweepResult",
@@ -51,6 +58,8 @@ __all__ = [
     "delta_si",
     "describe",
     "load_model",
+    "head_importance",
+    "head_stability",
     "hooks",
     "load_result",
     "noise_sensitivity",
@@ -58,6 +67,7 @@ __all__ = [
     "probe_sweep",
     "prompts",
     "si_from_entropy_profile",
+    "stability_study",
     "specialization_index",
     "stats",
     "viz",

@@ -136,6 +136,27 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--texts", default=None, help="text file; default the E06 texts")
     se.add_argument("--json", default=None, metavar="PATH|-")
 
+    st = sub.add_parser("stability", help="per-head stability across independently trained models")
+    st.add_argument("models", nargs="*", metavar="MODEL",
+                    help="two or more checkpoints (directories, hub names or zoo model names)")
+    st.add_argument("--study", default=None, choices=("refits",),
+                    help="run seed 004's five claims on the zoo's refit set instead")
+    st.add_argument("--seeds", type=int, default=None, help="--study: seeds per group (subset)")
+    st.add_argument("--measure", default="pattern", choices=("pattern", "output"))
+    st.add_argument("--null", type=int, default=2, help="random-init null models (0: none)")
+    st.add_argument("--prompts", default=None,
+                    help="prompt file; default: 32 held-out documents of the zoo corpus")
+    st.add_argument("--prompts-md5", default=None)
+    st.add_argument("--max-length", type=int, default=128)
+    st.add_argument("--batch-size", type=int, default=8)
+    st.add_argument("--n-blocks", type=int, default=16, help="prompt blocks for the bootstrap")
+    st.add_argument("--n-resamples", type=int, default=1000)
+    st.add_argument("--no-resid", action="store_true", help="skip resid_post CKA")
+    st.add_argument("--backend", default="auto", choices=("auto", "bridge", "hooked"))
+    st.add_argument("--dtype", default=None)
+    st.add_argument("--device", default=None)
+    st.add_argument("--json", default=None, metavar="PATH|-")
+
     zoo = sub.add_parser("zoo", help="the embedded model zoo: list, build")
     zsub = zoo.add_subparsers(dest="zoo_command", required=True)
     zsub.add_parser("list", help="every zoo model, whether it is built, and where")
@@ -298,6 +319,45 @@ def _cmd_sensitivity(args: argparse.Namespace) -> None:
     _report(args, f"texts: {texts.name} ({len(texts)})", text, result)
 
 
+def _load_any(name: str, args: argparse.Namespace) -> Any:
+    """A checkpoint directory or hub name, or the name of a zoo model."""
+    from pathlib import Path
+
+    from tl_spec import load_model, zoo
+
+    if not Path(name).exists() and name in {m.name for ms in zoo.registry.SETS.values() for m in ms}:
+        return zoo.load(name, backend=args.backend, dtype=args.dtype, device=args.device)
+    return load_model(name, backend=args.backend, dtype=args.dtype, device=args.device)
+
+
+def _cmd_stability(args: argparse.Namespace) -> None:
+    from tl_spec import head_stability, stability_study
+    from tl_spec.experiments.stability import _check_options
+    from tl_spec.experiments.stability_study import _default_texts
+
+    _check_options(args.measure, "lower", args.null, args.n_blocks, args.batch_size,
+                   args.n_resamples)
+    if args.study:
+        if args.models:
+            raise TLSpecError("give either MODEL arguments or --study, not both")
+        study = stability_study(seeds=args.seeds, measure=args.measure, null=args.null,
+                                n_blocks=args.n_blocks, n_resamples=args.n_resamples,
+                                backend=args.backend, progress=sys.stderr.isatty())
+        _report(args, f"study: {args.study}", study.table(), study)
+        return
+    if len(args.models) < 2:
+        raise TLSpecError(f"stability needs two or more models, got {len(args.models)} "
+                          "(or use --study refits)")
+    prompts = list(_load_prompt_set(args).prompts) if args.prompts else _default_texts(32, 0)
+    models = [_load_any(name, args) for name in args.models]
+    result = head_stability(models, prompts, measure=args.measure, null=args.null,
+                            resid=not args.no_resid, max_length=args.max_length,
+                            batch_size=args.batch_size, n_blocks=args.n_blocks,
+                            n_resamples=args.n_resamples, progress=sys.stderr.isatty())
+    header = "models: " + ", ".join(args.models) + f"\nprompts: {len(prompts)}"
+    _report(args, header, result.table(), result)
+
+
 def _cmd_zoo(args: argparse.Namespace) -> None:
     from tl_spec import zoo
 
@@ -360,7 +420,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 _COMMANDS: dict[str, Any] = {"si": _cmd_si, "delta": _cmd_delta, "describe": _cmd_describe,
                              "tiny": _cmd_tiny, "audit": _cmd_audit, "probe": _cmd_probe,
                              "sensitivity": _cmd_sensitivity, "zoo": _cmd_zoo,
-                             "demo": _cmd_demo, "report": _cmd_report}
+                             "demo": _cmd_demo, "report": _cmd_report,
+                             "stability": _cmd_stability}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
