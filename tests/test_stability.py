@@ -206,6 +206,11 @@ def test_refits_are_stable_above_chance_on_both_backends(tmp_path, monkeypatch):
     assert [c["holds"] for c in study.claims[:3]] == [None, None, None]  # one depth, 2 layers
     assert study.claims[4]["holds"] in (True, False)
     assert "not testable" in study.table()
+    imp = head_importance(groups[0].models[0], TEXTS[:3], ablations=("zero",))
+    page = tl_spec.viz.write_report([r, study, imp], tmp_path / "report").read_text()
+    for title in ("Head stability (output)", "Seed 004 claims", "Head importance", "not testable",
+                  "Matching: "):
+        assert title in page, title
     study.to_json(tmp_path / "study.json")
     assert tl_spec.load_result(tmp_path / "study.json").claims[4]["effect"] == pytest.approx(
         study.claims[4]["effect"])

@@ -50,9 +50,19 @@ def _steps() -> list[tuple[str, Callable[[dict[str, Any]], Any]]]:
                     for n in ("base-mha", "base-gqa"))
         return [a, b, tl_spec.compare_sensitivity(a, b)]
 
+    def stability(state: dict[str, Any]) -> Any:
+        from tl_spec.experiments.stability_study import _default_texts
+        from tl_spec.zoo import available
+
+        ready = [e.name for e in available() if e.ready and e.name.startswith("refit-L2-wd0-s")]
+        if len(ready) < 2:
+            return None  # the summary says how to get the refits
+        return tl_spec.head_stability([load(n) for n in ready[:5]], _default_texts(32, 0),
+                                      measure="output", null=2, n_blocks=16)
+
     return [("load the embedded zoo", models), ("SI, three definitions", si),
             ("ΔSI base vs DPO twin", delta), ("perturbation probe", probe),
-            ("noise sensitivity MHA vs GQA", sensitivity)]
+            ("noise sensitivity MHA vs GQA", sensitivity), ("head stability (refits)", stability)]
 
 
 def _summary(results: dict[str, Any]) -> str:
@@ -75,11 +85,20 @@ def _summary(results: dict[str, Any]) -> str:
         rows.append((name, "PPL slope / log-PPL slope", f"{s.slope:.4g} / {s.log_slope:.4g}"))
     rows.append(("GQA / MHA", "slope ratio (ratio of means)",
                  f"{sens[2].ratio_of_means:.3g}x  (p = {sens[2].pvalue:.2g}, 3 seeds)"))
-    refits = [e for e in available() if e.set == "refits"]
-    ready = sum(e.ready for e in refits)
-    rows.append(("refits", "head stability",
-                 f"not measured: {ready}/{len(refits)} refits cached, and head stability "
-                 "(issue #6) is not implemented yet"))
+    stab = results.get("head stability (refits)")
+    if stab is None:
+        refits = [e for e in available() if e.set == "refits"]
+        ready = sum(e.ready for e in refits)
+        rows.append(("refits", "head stability",
+                     f"not measured: {ready}/{len(refits)} refits cached; run `tl-spec zoo build "
+                     "refits` (about 20 min on 2 cores), then `tl-spec demo` again"))
+    else:
+        for layer, value in enumerate(stab.stability):
+            ci = stab.intervals["stability"][layer]
+            rows.append((f"refit-L2-wd0 x{len(stab.models)}" if layer == 0 else "",
+                         f"head stability L{layer} (output CKA)",
+                         f"{value:.3f}  CI [{ci.low:.3f}, {ci.high:.3f}]  null {stab.null[layer]:.3f}"
+                         f"  resid CKA {stab.resid_cka[layer]:.3f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
 
