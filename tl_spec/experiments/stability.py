@@ -298,13 +298,15 @@ def head_stability(
     pset = as_prompt_set(prompts) if isinstance(prompts, PromptSet) else None
     texts = validate_prompts(pset.prompts if pset else prompts)
     trained = check_models(models)
-    nulls = ([random_init_like(trained[0], seed + 1 + r) for r in range(null)]
-             if isinstance(null, int) else list(null))
-    everyone = check_models(trained + nulls, what="models (null models included)")
-    tokenized = _check_tokens(everyone, texts, max_length, prepend_bos)
     if len(texts) < n_blocks:
         raise TLSpecError(f"{len(texts)} prompts cannot fill n_blocks={n_blocks} bootstrap "
                           f"blocks; pass more prompts or n_blocks <= {len(texts)}")
+    given = [] if isinstance(null, int) else list(null)
+    if given:
+        check_models(trained + given, what="models (null models included)")
+    tokenized = _check_tokens(trained + given, texts, max_length, prepend_bos)
+    nulls = given or [random_init_like(trained[0], seed + 1 + r) for r in range(int(null))]
+    everyone = trained + nulls
     facts = describe(trained[0], seq_len=max_length)
     engine = _Engine(len(everyone), len(trained), measure, resid, n_blocks, facts.n_layers,
                      facts.n_heads, facts.d_head, facts.d_model)
