@@ -266,18 +266,18 @@ def test_bad_input_is_refused_before_any_work(ckpts, tmp_path):
     with pytest.raises(TLSpecError, match="two or more models"):
         head_stability([a], TEXTS, n_blocks=4)
     with pytest.raises(TLSpecError, match="different architectures .*n_kv_heads"):
-        head_stability([a, gqa], TEXTS)
+        head_stability([a, gqa], TEXTS, n_blocks=4)
     with pytest.raises(TLSpecError, match="unknown measure"):
-        head_stability([a, a], TEXTS, measure="weights")
+        head_stability([a, a], TEXTS, measure="weights", n_blocks=4)
     with pytest.raises(TLSpecError, match="n_blocks"):
         head_stability([a, a], TEXTS[:3], n_blocks=8)
     with pytest.raises(TLSpecError, match="different architectures .*n_layers: 3 vs 4"):
-        head_stability([a, tl_spec.zoo.load("base-mha", backend="bridge")], TEXTS)
+        head_stability([a, tl_spec.zoo.load("base-mha", backend="bridge")], TEXTS, n_blocks=4)
     # same architecture as the zoo's base-mha, but the tiny tokenizer: refused before any forward
     four = build_random_checkpoint(tmp_path / "four", arch="llama-mha", num_hidden_layers=4)
     with pytest.raises(TLSpecError, match="different tokenizers"):
         head_stability([tl_spec.load_model(four, backend="bridge"),
-                        tl_spec.zoo.load("base-mha", backend="bridge")], TEXTS)
+                        tl_spec.zoo.load("base-mha", backend="bridge")], TEXTS, n_blocks=4)
     with pytest.raises(TLSpecError, match="unknown ablation"):
         head_importance(a, TEXTS, ablations=("resample",))
 
