@@ -275,7 +275,7 @@ def head_stability(
     region: Region = "lower",
     max_length: int = 128,
     batch_size: int = 8,
-    n_blocks: int = 20,
+    n_blocks: int | None = None,
     confidence: float = 0.95,
     n_resamples: int = 1000,
     seed: int = 0,
@@ -287,17 +287,19 @@ def head_stability(
 
     ``null``: a number of random-init copies of the first model (its own initialiser, seeds
     ``seed + 1, ...``) or a list of null models. Intervals: prompt-block bootstrap (prompts go
-    round-robin into ``n_blocks`` blocks; BCa, percentile where BCa is undefined). Memory: one
-    batch of features per model, plus for ``"output"`` per block and model pair
-    ``layers x (heads d_head)^2`` float64 sums (``resid``: ``layers x d_model^2``).
+    round-robin into ``n_blocks`` blocks, default one per prompt up to 20; BCa, percentile where
+    BCa is undefined). Memory: one batch of features per model, plus for ``"output"`` per block
+    and model pair ``layers x (heads d_head)^2`` float64 sums (``resid``: ``layers x
+    d_model^2``).
 
     >>> r = head_stability([a, b], ["The cat sat on the mat."] * 4, n_blocks=2)  # doctest: +SKIP
     >>> r.stability, r.matching[0]  # doctest: +SKIP
     """
-    _check_options(measure, region, null, n_blocks, batch_size, n_resamples)
+    _check_options(measure, region, null, n_blocks or 2, batch_size, n_resamples)
     pset = as_prompt_set(prompts) if isinstance(prompts, PromptSet) else None
     texts = validate_prompts(pset.prompts if pset else prompts)
     trained = check_models(models)
+    n_blocks = n_blocks or min(len(texts), 20)
     if len(texts) < n_blocks:
         raise TLSpecError(f"{len(texts)} prompts cannot fill n_blocks={n_blocks} bootstrap "
                           f"blocks; pass more prompts or n_blocks <= {len(texts)}")
