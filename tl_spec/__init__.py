@@ -15,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from tl_spec import hooks, prompts, stats, viz, zoo
 from tl_spec.errors import TLSpecError, TLSpecWarning
+from tl_spec.experiments.deconstruct import DeconstructResult, deconstruct
 from tl_spec.experiments.delta import DeltaResult, delta_from_results, delta_si
 from tl_spec.experiments.probe import ProbeResult, SweepResult, perturbation_probe, probe_sweep
 from tl_spec.experiments.sensitivity import (
@@ -38,6 +39,7 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+source"
 
 __all__ = [
+    "DeconstructResult",
     "DeltaResult",
     "ImportanceResult",
     "ModelFacts",
@@ -54,6 +56,7 @@ __all__ = [
     "TLSpecWarning",
     "__version__",
     "compare_sensitivity",
+    "deconstruct",
     "delta_from_results",
     "delta_si",
     "describe",

@@ -157,6 +157,20 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--device", default=None)
     st.add_argument("--json", default=None, metavar="PATH|-")
 
+    dc = sub.add_parser("deconstruct", help="loss and SI under attention variants (seed 003)")
+    _add_model_args(dc)
+    dc.add_argument("--variants", default="no_mixing,uniform,static,form,decoupled",
+                    help="comma-separated: no_mixing, uniform, static, form, decoupled")
+    dc.add_argument("--placements", default="all,hybrid:2,single",
+                    help="comma-separated: all, hybrid:K, single, early|middle|late")
+    dc.add_argument("--form", default="relu", choices=("relu", "sigmoid", "softmax"))
+    dc.add_argument("--source-layer", type=int, default=0, help="decoupled: resid_pre of this layer")
+    dc.add_argument("--texts", default=None,
+                    help="text file (one per line); default Standard-10 and the E06 texts")
+    dc.add_argument("--max-length", type=int, default=128)
+    dc.add_argument("--n-resamples", type=int, default=2000)
+    dc.add_argument("--json", default=None, metavar="PATH|-")
+
     zoo = sub.add_parser("zoo", help="the embedded model zoo: list, build")
     zsub = zoo.add_subparsers(dest="zoo_command", required=True)
     zsub.add_parser("list", help="every zoo model, whether it is built, and where")
@@ -358,6 +372,30 @@ def _cmd_stability(args: argparse.Namespace) -> None:
     _report(args, header, result.table(), result)
 
 
+def _cmd_deconstruct(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from tl_spec import deconstruct
+    from tl_spec.experiments.deconstruct import _check
+    from tl_spec.prompts import E06_TEXTS, STANDARD_10
+
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    placements = [p.strip() for p in args.placements.split(",") if p.strip()]
+    _check(variants, args.form, args.n_resamples)
+    if args.texts:
+        path = Path(args.texts)
+        if not path.is_file():
+            raise TLSpecError(f"--texts {path}: no such file (one text per line)")
+        texts = [t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
+    else:
+        texts = list(STANDARD_10) + list(E06_TEXTS)
+    model = _load_any(args.model, args)
+    result = deconstruct(model, texts, variants=variants, placements=placements, form=args.form,
+                         source_layer=args.source_layer, max_length=args.max_length,
+                         n_resamples=args.n_resamples, progress=sys.stderr.isatty())
+    _report(args, f"model: {args.model}  texts: {len(texts)}", result.table(), result)
+
+
 def _cmd_zoo(args: argparse.Namespace) -> None:
     from tl_spec import zoo
 
@@ -421,7 +459,7 @@ _COMMANDS: dict[str, Any] = {"si": _cmd_si, "delta": _cmd_delta, "describe": _cm
                              "tiny": _cmd_tiny, "audit": _cmd_audit, "probe": _cmd_probe,
                              "sensitivity": _cmd_sensitivity, "zoo": _cmd_zoo,
                              "demo": _cmd_demo, "report": _cmd_report,
-                             "stability": _cmd_stability}
+                             "stability": _cmd_stability, "deconstruct": _cmd_deconstruct}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

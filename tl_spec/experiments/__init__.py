@@ -1,5 +1,15 @@
 """Experiments: the modules that run models. Importing this package registers every result kind."""
 
-from tl_spec.experiments import delta, importance, probe, sensitivity, si, stability, stability_study
+from tl_spec.experiments import (
+    deconstruct,
+    delta,
+    importance,
+    probe,
+    sensitivity,
+    si,
+    stability,
+    stability_study,
+)
 
-__all__ = ["delta", "importance", "probe", "sensitivity", "si", "stability", "stability_study"]
+__all__ = ["deconstruct", "delta", "importance", "probe", "sensitivity", "si", "stability",
+           "stability_study"]

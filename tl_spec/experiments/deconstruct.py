@@ -18,6 +18,7 @@ changed layer is ``f`` starts at ``f`` from the clean residual stream (prefix re
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tl_spec.errors import TLSpecError
+from tl_spec.errors import TLSpecError, TLSpecWarning
 from tl_spec.experiments.importance import token_losses
 from tl_spec.experiments.run import model_device
 from tl_spec.hooks.capture import PatternStats
@@ -147,7 +148,9 @@ def deconstruct(
             from tl_spec.experiments.stability_study import _default_texts
 
             reference_texts = _default_texts(32, 0)
-        static = static_patterns(model, reference_texts, max_length=max(max_length, 2))
+        with warnings.catch_warnings():  # a reference text cut at max_length is still a reference
+            warnings.simplefilter("ignore", TLSpecWarning)
+            static = static_patterns(model, reference_texts, max_length=max_length)
     hooks = {(v, label): AttentionVariant(model, v, layers=layers, form=form,
                                           source_layer=source_layer, static=static)
              for v, label, layers in conditions}

@@ -44,12 +44,17 @@ FORMS: tuple[str, ...] = ("relu", "sigmoid", "softmax")
 
 
 def resolve_variant_layers(spec: Any, n_layers: int) -> list[int]:
-    """Layers of a variant: as :func:`~tl_spec.hooks.noising.resolve_layers`, plus ``"none"`` and
-    ``"hybrid:k"`` (standard attention kept in every k-th layer: layers k-1, 2k-1, ...).
+    """Layers of a variant: as :func:`~tl_spec.hooks.noising.resolve_layers`, plus ``"none"``,
+    ``"hybrid:k"`` (standard attention kept in every k-th layer: layers k-1, 2k-1, ...) and
+    layer numbers joined by ``+`` (``"0+2"``).
 
     >>> resolve_variant_layers("hybrid:2", 6), resolve_variant_layers("none", 6)
     ([0, 2, 4], [])
+    >>> resolve_variant_layers("3+1", 6)
+    [1, 3]
     """
+    if isinstance(spec, str) and spec.replace("+", "").isdigit():
+        spec = [int(x) for x in spec.split("+") if x]
     if isinstance(spec, str) and spec == "none":
         return []
     if isinstance(spec, str) and spec.startswith("hybrid:"):
@@ -76,9 +81,9 @@ def normalise_scores(
     ReLU or sigmoid weights are divided by their row sum; a row whose weights are all zero
     becomes uniform over its valid keys. Rows without a valid key are all zero.
 
-    >>> s = torch.tensor([[[[1.0, -1.0], [2.0, 0.5]]]]); ok = torch.ones(1, 2, 2, dtype=torch.bool)
+    >>> s = torch.tensor([[[[1.0, -1.0], [3.0, 1.0]]]]); ok = torch.ones(1, 2, 2, dtype=torch.bool)
     >>> normalise_scores(s, ok, "relu").tolist()
-    [[[[1.0, 0.0], [0.8, 0.2]]]]
+    [[[[1.0, 0.0], [0.75, 0.25]]]]
     """
     if form not in FORMS:
         raise TLSpecError(f"unknown form {form!r}; choose one of {', '.join(FORMS)}")
