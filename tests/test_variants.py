@@ -197,6 +197,8 @@ def test_deconstruct_study_and_prefix_reuse(tiny_checkpoints, tmp_path):
     assert back.rows[0]["interval"].low == hooked.rows[0]["interval"].low
     assert len(back.to_frame()) == len(hooked.rows)
     assert "hybrid:2" in hooked.table()
+    page = tl_spec.viz.write_report([back], tmp_path / "report").read_text()
+    assert "Deconstructing attention" in page and "single:2" in page
 
 
 def test_bad_input(tl_model):
