@@ -64,7 +64,12 @@ def _records(value: Any) -> Any:
 
 @dataclass
 class DeconstructResult(Result):
-    """One row per (variant, placement): loss change [interval], perplexity ratio, kept-layer SI."""
+    """One row per (variant, placement): loss change [interval], perplexity ratio, kept-layer SI.
+
+    ``delta_loss`` is the mean over texts of each text's change in mean loss (nats/token), the
+    quantity the interval is for; ``ppl_ratio = exp(delta_loss)``; ``loss`` / ``ppl`` pool all
+    tokens of all texts.
+    """
 
     kind = "deconstruct"
     decoders = {"rows": _records, "clean_si": array, "clean_text_loss": array}
@@ -222,7 +227,7 @@ def deconstruct(
         si_clean = float(np.nanmean(clean_si_prompt[:, kept])) if kept else None
         rows.append(dict(variant=v, placement=label, layers=variant.layers, kept_layers=kept,
                          loss=pooled, delta_loss=float(diff.mean()), interval=interval,
-                         ppl=math.exp(pooled), ppl_ratio=math.exp(pooled - clean_loss),
+                         ppl=math.exp(pooled), ppl_ratio=math.exp(float(diff.mean())),
                          si_kept=si_kept, si_kept_clean=si_clean,
                          delta_si_kept=None if si_kept is None else si_kept - si_clean))
     settings = dict(variants=list(variants), placements=[str(p) for p in placements], form=form,
