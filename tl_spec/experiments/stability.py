@@ -231,12 +231,14 @@ class _Engine:
     def profile(self, idx: np.ndarray | None = None) -> dict[str, np.ndarray]:
         w = (np.ones(self.blocks) if idx is None
              else np.bincount(np.asarray(idx), minlength=self.blocks).astype(np.float64))
-        sim = {pair: self.stats.similarity(pair, w) for pair in self.cross_pairs}
-        selves = {a: self.stats.similarity((a, a), w) for a in range(self.n_trained)}
+        both = self.stats.similarities(self.cross_pairs + [(a, a) for a in range(self.n_trained)], w)
+        sim = {pair: both[pair] for pair in self.cross_pairs}
+        selves = {a: both[(a, a)] for a in range(self.n_trained)}
         out = summarize(sim, selves, n_models=self.n_trained, null=self.null)
         if self.resid is not None:
             pairs = [(a, b) for a in range(self.n_trained) for b in range(a + 1, self.n_trained)]
-            out["resid_cka"] = np.mean([self.resid.similarity(p, w)[:, 0, 0] for p in pairs], 0)
+            resid = self.resid.similarities(pairs, w)
+            out["resid_cka"] = np.mean([resid[p][:, 0, 0] for p in pairs], 0)
         out["_sim"] = np.stack([sim[(a, b)] for a in range(self.n_trained)
                                 for b in range(a + 1, self.n_trained)])
         return out

@@ -54,28 +54,38 @@ class PooledStats:
         self, pair: Pair, weights: Float[np.ndarray, "blocks"]
     ) -> Float[np.ndarray, "layers heads heads"]:
         """Head x head similarity of ``pair`` over blocks weighted by ``weights`` (resample counts)."""
-        w = np.asarray(weights, dtype=np.float64)
-        if self.kind == "pattern":
-            total = np.tensordot(w, self.sums[pair], axes=1)
-            count = np.tensordot(w, self.counts[pair], axes=1)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                return np.where(count > 0, total / count, np.nan)
-        a, b = pair
-        hsic_ab = self._hsic(pair, w)
-        diag_a = np.diagonal(self._hsic((a, a), w), axis1=-2, axis2=-1)
-        diag_b = diag_a if a == b else np.diagonal(self._hsic((b, b), w), axis1=-2, axis2=-1)
-        return cka_from_hsic(hsic_ab, diag_a, diag_b)
+        return self.similarities([pair], weights)[pair]
 
-    def _hsic(self, pair: Pair, w: np.ndarray) -> np.ndarray:
+    def similarities(
+        self, pairs: list[Pair], weights: Float[np.ndarray, "blocks"]
+    ) -> dict[Pair, Float[np.ndarray, "layers heads heads"]]:
+        """Similarities of several pairs at once: each model's totals and self-HSIC computed once,
+        blocks of weight 0 skipped (a bootstrap resample leaves out about a third of them)."""
+        w = np.asarray(weights, dtype=np.float64)
+        keep = np.flatnonzero(w)
+        wk = w[keep]
+
+        def pooled(x: np.ndarray) -> np.ndarray:
+            return np.tensordot(wk, x[keep], axes=1)
+
+        if self.kind == "pattern":
+            out = {}
+            for pair in pairs:
+                total, count = pooled(self.sums[pair]), pooled(self.counts[pair])
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    out[pair] = np.where(count > 0, total / count, np.nan)
+            return out
         assert self.n is not None
-        a, b = pair
-        cross = centered_cross(
-            np.tensordot(w, self.cross[pair], axes=1),
-            np.tensordot(w, self.totals[a], axes=1),
-            np.tensordot(w, self.totals[b], axes=1),
-            float(w @ self.n),
-        )
-        return block_hsic(cross, self.heads, self.heads)
+        n = float(wk @ self.n[keep])
+        models = sorted({m for pair in pairs for m in pair})
+        totals = {m: pooled(self.totals[m]) for m in models}
+
+        def hsic(a: int, b: int) -> np.ndarray:
+            cross = centered_cross(pooled(self.cross[(a, b)]), totals[a], totals[b], n)
+            return block_hsic(cross, self.heads, self.heads)
+
+        diag = {m: np.diagonal(hsic(m, m), axis1=-2, axis2=-1) for m in models}
+        return {(a, b): cka_from_hsic(hsic(a, b), diag[a], diag[b]) for a, b in pairs}
 
 
 def distinctness(self_sim: Float[np.ndarray, "layers heads heads"]) -> Float[np.ndarray, "layers"]:
