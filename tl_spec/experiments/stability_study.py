@@ -99,12 +99,9 @@ def refit_groups(*, seeds: int | None = None, depths: Sequence[int] | None = Non
 
 
 def _default_texts(n: int, offset: int) -> list[str]:
-    from tl_spec.zoo.corpus import load_corpus
+    from tl_spec.zoo.corpus import heldout_texts
 
-    docs = [d.text[:300] for d in load_corpus().heldout if len(d.text) >= 300]
-    if len(docs) < offset + n:
-        raise TLSpecError(f"the zoo corpus has {len(docs)} held-out documents; ask for fewer")
-    return docs[offset: offset + n]
+    return heldout_texts(n, offset=offset)
 
 
 class _Profiles:

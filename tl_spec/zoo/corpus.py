@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tl_spec.errors import TLSpecError
 
-__all__ = ["Corpus", "Document", "extract_corpus", "load_corpus", "write_corpus"]
+__all__ = ["Corpus", "Document", "extract_corpus", "heldout_texts", "load_corpus", "write_corpus"]
 
 _SKIP = ("test", "tests", "idlelib", "lib2to3", "site-packages", "turtledemo", "__pycache__",
          "ensurepip", "tkinter")
@@ -137,3 +137,21 @@ def load_corpus() -> Corpus:
             "damaged; reinstall tl_spec"
         )
     return Corpus(docs, meta)
+
+
+def heldout_texts(n: int, *, offset: int = 0, max_chars: int = 300) -> list[str]:
+    """``n`` held-out documents of at least ``max_chars`` characters, cut to ``max_chars``.
+
+    Natural English none of the zoo models trained on: default prompts for stability, texts for
+    importance and reference texts for the static attention variant.
+
+    >>> len(heldout_texts(3)), max(len(t) for t in heldout_texts(3))
+    (3, 300)
+    """
+    from tl_spec.errors import TLSpecError
+
+    docs = [d.text[:max_chars] for d in load_corpus().heldout if len(d.text) >= max_chars]
+    if len(docs) < offset + n:
+        raise TLSpecError(f"the zoo corpus has {len(docs)} held-out documents of {max_chars}+ "
+                          f"characters; ask for at most {len(docs) - offset}")
+    return docs[offset: offset + n]
