@@ -282,8 +282,12 @@ def test_bad_input_is_refused_before_any_work(ckpts, tmp_path):
         head_importance(a, TEXTS, ablations=("resample",))
 
 
-def test_cli_stability(ckpts, capsys, tmp_path):
+def test_cli_stability(ckpts, capsys, tmp_path, monkeypatch):
     from tl_spec.cli import main
+
+    monkeypatch.setenv("TL_SPEC_CACHE", str(tmp_path / "empty-cache"))
+    assert main(["stability", "--study", "refits", "--seeds", "2"]) == 2
+    assert "is not built; run `tl-spec zoo build refits`" in capsys.readouterr().err
 
     out, prompts = tmp_path / "s.json", tmp_path / "prompts.txt"
     prompts.write_text("\n".join(TEXTS) + "\n")
