@@ -3,7 +3,8 @@
 One clean pass collects the loss and every head's mean output ``z`` over the real tokens of the
 data. Then, layer by layer, the batch is repeated once per head and each copy ablates a
 different head at ``blocks.{l}.attn.hook_z`` (set to the head's data mean, or to zero), so a
-layer's heads cost one forward call, not one per head.
+layer's heads cost one forward call, not one per head. On ``HookedTransformer`` the ablated
+passes start at layer ``l`` from the clean residual stream (``start_at_layer``).
 
 >>> from tl_spec.experiments.importance import head_importance
 >>> imp = head_importance(model, texts)          # doctest: +SKIP
@@ -23,7 +24,7 @@ from jaxtyping import Float
 
 from tl_spec.errors import TLSpecError
 from tl_spec.experiments.run import model_device
-from tl_spec.models import model_id, require_pattern_hooks
+from tl_spec.models import backend_name, model_id, require_pattern_hooks
 from tl_spec.results import Result, array, provenance
 from tl_spec.tokens import batches, pad_id, tokenize, validate_prompts
 
@@ -112,9 +113,19 @@ def head_importance(
         return hook
 
     current: dict[str, torch.Tensor] = {}
+    can_start = backend_name(model) == "hooked"  # prefix reuse: layers before l are unchanged
+    resid: dict[tuple[int, int], torch.Tensor] = {}
+
+    def keep(b: int, layer: int) -> Any:
+        def hook(x: torch.Tensor, *, hook: Any = None) -> None:
+            resid[(b, layer)] = x.detach()
+        return hook
+
     hooks = [(f"blocks.{layer}.attn.hook_z", collect(layer)) for layer in range(n_layers)]
-    with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
-        for _, tokens, mask in plan:
+    for b, (_, tokens, mask) in enumerate(plan):
+        extra = ([(f"blocks.{layer}.hook_resid_pre", keep(b, layer))
+                  for layer in range(1, n_layers)] if can_start else [])
+        with torch.inference_mode(), model.hooks(fwd_hooks=hooks + extra):
             current["mask"] = mask
             logits = model(tokens, attention_mask=torch.ones_like(mask), return_type="logits")
             total, n = token_losses(logits, tokens, mask)
@@ -146,15 +157,22 @@ def head_importance(
 
         name = f"blocks.{layer}.attn.hook_z"
         with torch.inference_mode(), model.hooks(fwd_hooks=[(name, ablate)]):
-            for _, tokens, mask in plan:
+            for b, (_, tokens, mask) in enumerate(plan):
                 rep = tokens.repeat(len(heads), 1)
                 rep_mask = mask.repeat(len(heads), 1)
-                logits = model(rep, attention_mask=torch.ones_like(rep_mask), return_type="logits")
+                ones = torch.ones_like(rep_mask)
+                if (b, layer) in resid:
+                    x = resid[(b, layer)].repeat(len(heads), 1, 1)
+                    logits = model(x, start_at_layer=layer, tokens=rep, attention_mask=ones,
+                                   return_type="logits")
+                else:
+                    logits = model(rep, attention_mask=ones, return_type="logits")
                 total, _ = token_losses(logits, rep, rep_mask)
                 totals += total.view(len(heads), -1).sum(-1).cpu().numpy()
         out.setdefault(ablation, np.zeros((n_layers, n_heads)))[layer, heads] = totals / clean_n - clean
     settings = dict(ablations=list(ablations), max_length=max_length, batch_size=batch_size,
                     heads_per_pass=per_pass, n_texts=len(texts), n_truncated=tokenized.n_truncated,
+                    prefix_reuse=can_start,
                     meaning="loss increase in nats per predicted token; mean ablation replaces a "
                             "head's z by its mean over the real tokens of these texts")
     return ImportanceResult(
