@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     zsub = zoo.add_subparsers(dest="zoo_command", required=True)
     zsub.add_parser("list", help="every zoo model, whether it is built, and where")
     zb = zsub.add_parser("build", help="build a set (resumable) into the cache or --out")
-    zb.add_argument("set", help="default | refits")
+    zb.add_argument("set", help="default | refits | variants")
     zb.add_argument("--out", default=None, help="directory (default: $TL_SPEC_CACHE/<set>)")
     zb.add_argument("--only", default=None, help="comma-separated model names of the set")
     zb.add_argument("--workers", type=int, default=2,

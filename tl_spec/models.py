@@ -123,7 +123,9 @@ def load_model(
     architecture HF has); ``"hooked"`` a ``HookedTransformer`` (TransformerLens 3.x only; local
     directories are converted from their config, weights unprocessed); ``"auto"`` takes the
     bridge for local directories and on TransformerLens 4, and ``HookedTransformer`` for hub names
-    TransformerLens 3 knows. Extra ``kwargs`` go to the backend's loader.
+    TransformerLens 3 knows. Extra ``kwargs`` go to the backend's loader. A checkpoint trained
+    with an attention variant (``tl_spec_variant.json``, :mod:`tl_spec.zoo.variant_models`) gets
+    that variant attached as permanent hooks.
 
     >>> load_model("gpt2", backend="hooked", dtype="float32")  # doctest: +SKIP
     """
@@ -149,10 +151,21 @@ def load_model(
         backend = "bridge"
         if not local and _has_hooked() and _tl_major() < 4 and _is_official(name):
             backend = "hooked"
+    spec = None
+    if local:  # a checkpoint trained with an attention variant carries it in a small file
+        from tl_spec.zoo.variant_models import read_spec
+
+        spec = read_spec(Path(name).expanduser())
     with _quiet_hf():
         if backend == "bridge":
-            return _load_bridge(name, dtype, device, kwargs)
-        return _load_hooked(name, local, dtype, device, kwargs)
+            model = _load_bridge(name, dtype, device, kwargs)
+        else:
+            model = _load_hooked(name, local, dtype, device, kwargs)
+    if spec is not None:
+        from tl_spec.zoo.variant_models import attach
+
+        attach(model, spec)
+    return model
 
 
 @contextlib.contextmanager

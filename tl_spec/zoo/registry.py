@@ -87,7 +87,25 @@ def _refits() -> list[ZooModel]:
     return out
 
 
-SETS: dict[str, list[ZooModel]] = {"default": _default(), "refits": _refits()}
+_PLACEMENTS = {"all": [0, 1, 2, 3], "hybrid2": [0, 2]}  # hybrid:2 keeps layers 1 and 3 standard
+
+
+def _variants() -> list[ZooModel]:
+    """Seed 003 at this scale: base-gqa's recipe with an attention variant trained in."""
+    out = [ZooModel(f"var-standard-s{seed}", "variants", "pretrain",
+                    TrainConfig(n_kv_heads=2, seed=seed, **_BASE)) for seed in range(3)]
+    for variant in ("no_mixing", "uniform", "form", "decoupled"):
+        for placement, layers in _PLACEMENTS.items():
+            for seed in range(3):
+                spec = {"variant": variant, "layers": layers, "form": "relu", "source_layer": 0}
+                cfg = TrainConfig(n_kv_heads=2, seed=seed, variant=spec, **_BASE)
+                out.append(ZooModel(f"var-{variant}-{placement}-s{seed}", "variants", "pretrain",
+                                    cfg))
+    return out
+
+
+SETS: dict[str, list[ZooModel]] = {"default": _default(), "refits": _refits(),
+                                   "variants": _variants()}
 
 
 def find(name: str) -> ZooModel:

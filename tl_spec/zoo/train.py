@@ -56,6 +56,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup: int = 100
     seed: int = 0
+    variant: dict[str, Any] | None = None  # an attention variant trained in (VariantSpec fields)
 
     def hf_config(self, tokenizer: Any) -> Any:
         """The Hugging Face config of this architecture for ``tokenizer``."""
@@ -169,6 +170,12 @@ def train_base(
     with deterministic(config.seed, threads):
         model = AutoModelForCausalLM.from_config(config.hf_config(tokenizer),
                                                  attn_implementation="eager")
+        spec = None
+        if config.variant is not None:
+            from tl_spec.zoo.variant_models import VariantSpec, install
+
+            spec = VariantSpec(**config.variant)
+            install(model, spec)
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
         no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
@@ -201,8 +208,14 @@ def train_base(
                 steps.set_postfix(loss=f"{loss_value:.3f}")
         seconds = time.perf_counter() - start_time
         held = heldout_loss(model, heldout, ctx=config.ctx)
+    if spec is not None:
+        from tl_spec.zoo.variant_models import FILE
+
+        model.config._attn_implementation = "eager"  # the variant file, not the config, carries it
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+    if spec is not None:
+        (Path(out_dir) / FILE).write_text(spec.to_json() + "\n")
     return {
         "config": asdict(config),
         "train_loss_last_batch": loss_value,
