@@ -8,6 +8,7 @@ static variant keeps a constructed previous-token head while changing content-de
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -219,3 +220,53 @@ def test_bad_input(tl_model):
         expand_placements(["none"], 3)
     with pytest.raises(TLSpecError, match="computed after them"):
         deconstruct(model, PROMPTS, variants=("decoupled",), placements=("all",), source_layer=2)
+
+
+@pytest.mark.parametrize("arch", ["llama-gqa", "mistral-swa"])
+def test_trained_variant_loads_as_it_was_trained(tiny_checkpoints, tmp_path, arch):
+    """The variant as trained (inside the HF model) equals the variant load_model re-attaches."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    from tl_spec.zoo.variant_models import FILE, VariantSpec, install
+
+    tokens = torch.tensor([[1, 5, 9, 33, 7, 100, 42, 8, 9, 10, 11, 12]])  # > the window of 8
+    specs = [VariantSpec("no_mixing", [0, 2]), VariantSpec("uniform", [1]),
+             VariantSpec("form", [0, 1, 2], form="sigmoid"), VariantSpec("decoupled", [1, 2])]
+    for spec in specs:
+        hf = AutoModelForCausalLM.from_pretrained(tiny_checkpoints[arch], attn_implementation="eager")
+        with torch.no_grad():
+            standard = hf(tokens).logits
+            install(hf, spec)
+            trained = hf(tokens).logits
+        assert (trained - standard).abs().max() > 1e-3, spec
+        path = tmp_path / f"{arch}-{spec.variant}"
+        shutil.copytree(tiny_checkpoints[arch], path)
+        (path / FILE).write_text(spec.to_json())
+        for backend in BACKENDS:
+            try:
+                model = tl_spec.load_model(path, backend=backend)
+            except TLSpecError:
+                continue  # TL 4 has no HookedTransformer (asserted in test_api)
+            assert model.tl_spec_variant == spec
+            with torch.no_grad():
+                got = model(tokens)
+                with model.hooks(fwd_hooks=[]):  # users' own hook contexts keep the variant
+                    again = model(tokens)
+            torch.testing.assert_close(got, trained, atol=1e-6, rtol=0)
+            torch.testing.assert_close(again, trained, atol=1e-6, rtol=0)
+
+
+def test_zoo_variant_models_build_and_load_on_both_backends(tmp_path):
+    from tl_spec import zoo
+
+    zoo.build("variants", out=tmp_path, only=["var-form-hybrid2-s0"], max_steps=3, progress=False)
+    marker = json.loads((tmp_path / "var-form-hybrid2-s0" / "tl_spec_zoo.json").read_text())
+    assert marker["recipe"]["config"]["variant"]["layers"] == [0, 2]
+    losses = []
+    for backend in BACKENDS:
+        model = tl_spec.load_model(tmp_path / "var-form-hybrid2-s0", backend=backend)
+        assert model.tl_spec_variant.variant == "form"
+        losses.append(float(model(model.to_tokens("Return a list."), return_type="loss")))
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
