@@ -261,7 +261,8 @@ def test_trained_variant_loads_as_it_was_trained(tiny_checkpoints, tmp_path, arc
 def test_zoo_variant_models_build_and_load_on_both_backends(tmp_path):
     from tl_spec import zoo
 
-    zoo.build("variants", out=tmp_path, only=["var-form-hybrid2-s0"], max_steps=3, progress=False)
+    zoo.build("variants", out=tmp_path, only=["var-form-hybrid2-s0", "var-standard-s0"],
+              max_steps=3, progress=False)
     marker = json.loads((tmp_path / "var-form-hybrid2-s0" / "tl_spec_zoo.json").read_text())
     assert marker["recipe"]["config"]["variant"]["layers"] == [0, 2]
     losses = []
@@ -270,3 +271,14 @@ def test_zoo_variant_models_build_and_load_on_both_backends(tmp_path):
         assert model.tl_spec_variant.variant == "form"
         losses.append(float(model(model.to_tokens("Return a list."), return_type="loss")))
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+    standard = [tl_spec.load_model(tmp_path / "var-standard-s0")]
+    form = [tl_spec.load_model(tmp_path / "var-form-hybrid2-s0")]
+    study = tl_spec.trained_variants_study(standard, {("form", "hybrid2"): form}, texts=PROMPTS,
+                                           n_resamples=200)
+    row = study.rows[0]
+    assert row["layers"] == [0, 2] and row["n_seeds"] == 1
+    assert row["delta_loss"] == pytest.approx(row["loss"] - study.standard_loss, abs=1e-9)
+    study.to_json(tmp_path / "v.json")
+    assert tl_spec.load_result(tmp_path / "v.json").rows[0]["interval"].high == row["interval"].high
+    with pytest.raises(TLSpecError, match="give both"):
+        tl_spec.trained_variants_study(standard)

@@ -28,6 +28,7 @@ from tl_spec.experiments.importance import ImportanceResult, head_importance
 from tl_spec.experiments.si import SIResult, specialization_index
 from tl_spec.experiments.stability import StabilityResult, head_stability
 from tl_spec.experiments.stability_study import StudyGroup, StudyResult, stability_study
+from tl_spec.experiments.variant_study import VariantStudyResult, trained_variants_study
 from tl_spec.hooks.capture import PatternStats
 from tl_spec.metrics.specialization import si_from_entropy_profile
 from tl_spec.models import ModelFacts, describe, load_model
@@ -54,6 +55,7 @@ __all__ = [
     "SweepResult",
     "TLSpecError",
     "TLSpecWarning",
+    "VariantStudyResult",
     "__version__",
     "compare_sensitivity",
     "deconstruct",
@@ -73,6 +75,7 @@ __all__ = [
     "stability_study",
     "specialization_index",
     "stats",
+    "trained_variants_study",
     "viz",
     "zoo",
 ]

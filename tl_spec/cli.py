@@ -158,7 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", default=None, metavar="PATH|-")
 
     dc = sub.add_parser("deconstruct", help="loss and SI under attention variants (seed 003)")
-    _add_model_args(dc)
+    dc.add_argument("model", nargs="?", default=None,
+                    help="checkpoint directory, hub name or zoo name (or --trained)")
+    dc.add_argument("--trained", action="store_true",
+                    help="compare the zoo's models trained with each variant against standard "
+                         "attention (needs `tl-spec zoo build variants`)")
+    dc.add_argument("--backend", default="auto", choices=("auto", "bridge", "hooked"))
+    dc.add_argument("--dtype", default=None)
+    dc.add_argument("--device", default=None)
     dc.add_argument("--variants", default="no_mixing,uniform,static,form,decoupled",
                     help="comma-separated: no_mixing, uniform, static, form, decoupled")
     dc.add_argument("--placements", default="all,hybrid:2,single",
@@ -379,6 +386,16 @@ def _cmd_deconstruct(args: argparse.Namespace) -> None:
     from tl_spec.experiments.deconstruct import _check
     from tl_spec.prompts import E06_TEXTS, STANDARD_10
 
+    if args.trained:
+        if args.model:
+            raise TLSpecError("--trained uses the zoo's variants set; give no MODEL with it")
+        from tl_spec import trained_variants_study
+
+        study = trained_variants_study(n_resamples=args.n_resamples, backend=args.backend)
+        _report(args, "trained variants (zoo set 'variants')", study.table(), study)
+        return
+    if not args.model:
+        raise TLSpecError("give a MODEL (or --trained for the zoo's trained variants)")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     placements = [p.strip() for p in args.placements.split(",") if p.strip()]
     _check(variants, args.form, args.n_resamples)

@@ -9,7 +9,8 @@ from tl_spec.experiments import (
     si,
     stability,
     stability_study,
+    variant_study,
 )
 
 __all__ = ["deconstruct", "delta", "importance", "probe", "sensitivity", "si", "stability",
-           "stability_study"]
+           "stability_study", "variant_study"]
