@@ -178,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--n-resamples", type=int, default=2000)
     dc.add_argument("--json", default=None, metavar="PATH|-")
 
+    from tl_spec.study.cli import add_parser as add_study_parser
+
+    add_study_parser(sub)
+
     zoo = sub.add_parser("zoo", help="the embedded model zoo: list, build")
     zsub = zoo.add_subparsers(dest="zoo_command", required=True)
     zsub.add_parser("list", help="every zoo model, whether it is built, and where")
@@ -413,6 +417,12 @@ def _cmd_deconstruct(args: argparse.Namespace) -> None:
     _report(args, f"model: {args.model}  texts: {len(texts)}", result.table(), result)
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    from tl_spec.study.cli import run as run_study_command
+
+    return run_study_command(args)
+
+
 def _cmd_zoo(args: argparse.Namespace) -> None:
     from tl_spec import zoo
 
@@ -476,7 +486,8 @@ _COMMANDS: dict[str, Any] = {"si": _cmd_si, "delta": _cmd_delta, "describe": _cm
                              "tiny": _cmd_tiny, "audit": _cmd_audit, "probe": _cmd_probe,
                              "sensitivity": _cmd_sensitivity, "zoo": _cmd_zoo,
                              "demo": _cmd_demo, "report": _cmd_report,
-                             "stability": _cmd_stability, "deconstruct": _cmd_deconstruct}
+                             "stability": _cmd_stability, "deconstruct": _cmd_deconstruct,
+                             "study": _cmd_study}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,7 +33,7 @@ rm -rf "$VENV"
 PY="$VENV/bin/python"
 "$PY" -m pip install --quiet --upgrade pip
 "$PY" -m pip install --quiet -c constraints.txt "torch==2.13.0"
-"$PY" -m pip install --quiet -c constraints.txt -e '.[test]' "$TL_REQ"
+"$PY" -m pip install --quiet -c constraints.txt -e '.[test,dask]' "$TL_REQ"  # dask: study tests
 install_s=$((SECONDS - t0))
 log "installed in ${install_s}s: $("$PY" -c 'import importlib.metadata as m; print(" ".join(f"{p}=={m.version(p)}" for p in ("transformer-lens", "transformers", "torch")))')"
 
