@@ -27,6 +27,12 @@ from tl_spec.metrics.patterns import cross_correlations, entry_mask
 from tl_spec.zoo.tiny import build_random_checkpoint
 
 BACKENDS = ("bridge", "hooked")
+try:
+    from transformer_lens import HookedTransformer  # noqa: F401
+    HAS_HOOKED = True
+except ImportError:  # TransformerLens 4 has only the bridge
+    HAS_HOOKED = False
+LOADABLE = ("bridge", "hooked") if HAS_HOOKED else ("bridge",)
 TEXTS = [f"Item {i}: the function returns a list of {i + 2} values and raises an error if the "
          f"argument is empty." for i in range(12)]
 PERM = torch.tensor([3, 0, 7, 1, 6, 2, 5, 4])
@@ -178,11 +184,12 @@ def test_refits_are_stable_above_chance_on_both_backends(tmp_path, monkeypatch):
     tl_spec.zoo.build("refits", only=names, max_steps=80, progress=False)
     texts = _default_texts(12, 0)
     out = {}
-    for backend in BACKENDS:
+    for backend in LOADABLE:
         models = [tl_spec.zoo.load(n, backend=backend) for n in names]
         out[backend] = head_stability(models, texts, measure="output", null=1, n_blocks=6,
                                       n_resamples=200)
-    np.testing.assert_allclose(out["bridge"].stability, out["hooked"].stability, atol=1e-5)
+    if HAS_HOOKED:
+        np.testing.assert_allclose(out["bridge"].stability, out["hooked"].stability, atol=1e-5)
     r = out["bridge"]
     # 80 steps of training: layer 0 is already reproducible across seeds, far above chance
     assert r.above_null[0] and r.stability[0] > r.null[0] + 0.2, r.table()

@@ -24,6 +24,12 @@ from tl_spec.models import layer_windows
 from tl_spec.tokens import pad_batch, pad_id
 
 BACKENDS = ("bridge", "hooked")
+try:
+    from transformer_lens import HookedTransformer  # noqa: F401
+    HAS_HOOKED = True
+except ImportError:  # TransformerLens 4 has only the bridge
+    HAS_HOOKED = False
+LOADABLE = ("bridge", "hooked") if HAS_HOOKED else ("bridge",)
 ARCHS = ("llama-gqa", "gpt2", "mistral-swa")
 PROMPTS = ["The cat sat on the mat because it was warm.", "Dogs bark.",
            "A longer sentence about functions, lists and dictionaries in Python code here."]
@@ -136,6 +142,8 @@ def _previous_token_model():
     return model
 
 
+@pytest.mark.skipif(not HAS_HOOKED, reason="builds a LayerNorm-free HookedTransformer (TL 3.x); "
+                    "the static variant itself is backend-agnostic and tested under TL 3.9 in CI")
 def test_static_keeps_positional_heads_and_changes_content_heads():
     model = _previous_token_model()
     gen = torch.Generator().manual_seed(0)
@@ -177,14 +185,19 @@ def test_deconstruct_study_and_prefix_reuse(tiny_checkpoints, tmp_path):
                                variants=("uniform", "decoupled", "form"),
                                placements=("all", "hybrid:2", "single"), source_layer=0,
                                n_resamples=200)
-               for be in BACKENDS}
-    hooked, bridge = results["hooked"], results["bridge"]
-    assert hooked.settings["prefix_reuse"] and not bridge.settings["prefix_reuse"]
-    assert len(hooked.rows) == 3 * (2 + 3)
-    for h, b in zip(hooked.rows, bridge.rows, strict=True):  # start_at_layer == full forward
-        assert h["delta_loss"] == pytest.approx(b["delta_loss"], abs=1e-5), (h["variant"], h["placement"])
-        if h["si_kept"] is not None:
-            assert h["si_kept"] == pytest.approx(b["si_kept"], abs=1e-6)
+               for be in LOADABLE}
+    bridge = results["bridge"]
+    assert not bridge.settings["prefix_reuse"]
+    assert len(bridge.rows) == 3 * (2 + 3)
+    if HAS_HOOKED:
+        hooked = results["hooked"]
+        assert hooked.settings["prefix_reuse"]
+        for h, b in zip(hooked.rows, bridge.rows, strict=True):  # start_at_layer == full forward
+            assert h["delta_loss"] == pytest.approx(b["delta_loss"], abs=1e-5), (h["variant"],
+                                                                                  h["placement"])
+            if h["si_kept"] is not None:
+                assert h["si_kept"] == pytest.approx(b["si_kept"], abs=1e-6)
+    hooked = results.get("hooked", bridge)
     rows = {(r["variant"], r["placement"]): r for r in hooked.rows}
     assert rows[("decoupled", "single:0")]["delta_loss"] == 0.0  # source = its own input
     assert rows[("uniform", "all")]["si_kept"] is None
@@ -266,12 +279,12 @@ def test_zoo_variant_models_build_and_load_on_both_backends(tmp_path):
     marker = json.loads((tmp_path / "var-form-hybrid2-s0" / "tl_spec_zoo.json").read_text())
     assert marker["recipe"]["config"]["variant"]["layers"] == [0, 2]
     losses = []
-    for backend in BACKENDS:
+    for backend in LOADABLE:
         model = tl_spec.load_model(tmp_path / "var-form-hybrid2-s0", backend=backend)
         assert model.tl_spec_variant.variant == "form"
         with torch.no_grad():
             losses.append(float(model(model.to_tokens("Return a list."), return_type="loss")))
-    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+    assert losses[0] == pytest.approx(losses[-1], abs=1e-5)
     standard = [tl_spec.load_model(tmp_path / "var-standard-s0")]
     form = [tl_spec.load_model(tmp_path / "var-form-hybrid2-s0")]
     study = tl_spec.trained_variants_study(standard, {("form", "hybrid2"): form}, texts=PROMPTS,
