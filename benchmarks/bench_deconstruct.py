@@ -44,6 +44,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="1 repeat, 2 variants")
     p.add_argument("--out", default="benchmarks/out")
     args = p.parse_args()
@@ -79,7 +80,7 @@ def main() -> None:
                             n_resamples=1000, reference_texts=texts)
 
     times = time_interleaved({"one_pass": one_pass, "deconstruct": run}, args.device,
-                             warmup=1, repeats=repeats)
+                             warmup=args.warmup, repeats=repeats)
     med = {k: statistics.median(v["wall"]) for k, v in times.items()}
     needed = med["one_pass"] * fraction
     ratio = med["deconstruct"] / needed
