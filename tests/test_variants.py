@@ -296,3 +296,43 @@ def test_zoo_variant_models_build_and_load_on_both_backends(tmp_path):
     assert tl_spec.load_result(tmp_path / "v.json").rows[0]["interval"].high == row["interval"].high
     with pytest.raises(TLSpecError, match="give both"):
         tl_spec.trained_variants_study(standard)
+
+
+def test_variant_models_in_null_copies_and_ablations(tmp_path):
+    """A trained-in decoupled variant: random-init copies get their own hooks, and ablations do
+    not start past the layer the variant reads (no prefix reuse), so they equal brute force."""
+    from tl_spec import zoo
+    from tl_spec.experiments.importance import head_importance, token_losses
+    from tl_spec.models import can_start_at_layer, random_init_like
+
+    zoo.build("variants", out=tmp_path, only=["var-decoupled-hybrid2-s0"], max_steps=3,
+              progress=False)
+    for backend in LOADABLE:
+        model = tl_spec.load_model(tmp_path / "var-decoupled-hybrid2-s0", backend=backend)
+        assert not can_start_at_layer(model)
+        tokens = model.to_tokens(PROMPTS[0])
+        null = random_init_like(model, 3)
+        with torch.no_grad():
+            before = null(tokens)
+            model.W_Q  # noqa: B018  (the stacked view exists on both backends)
+            for p in model.parameters():
+                p.mul_(0.5)
+            after = null(tokens)
+        assert torch.equal(before, after), backend  # the copy no longer reads the original
+        imp = head_importance(null, PROMPTS[:2], ablations=("zero",))
+        layer, head = 3, 1
+
+        def ablate(z, hook):
+            z = z.clone()
+            z[:, :, head] = 0.0
+            return z
+
+        total = count = 0.0
+        for text in PROMPTS[:2]:
+            t = null.to_tokens(text)
+            with torch.no_grad(), null.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_z", ablate)]):
+                logits = null(t)
+            a, n = token_losses(logits, t, torch.ones_like(t))
+            total, count = total + float(a.sum()), count + float(n.sum())
+        assert imp.zero_ablation[layer, head] == pytest.approx(total / count - imp.clean_loss,
+                                                               abs=1e-6), backend

@@ -34,6 +34,7 @@ __all__ = [
     "layer_windows",
     "load_model",
     "model_id",
+    "can_start_at_layer",
     "random_init_like",
     "resolve_dtype",
     "require_pattern_hooks",
@@ -328,7 +329,30 @@ def random_init_like(model: Any, seed: int) -> Any:
             hf = clone.original_model
             for module in hf.modules():
                 hf._init_weights(module)
+    spec = getattr(model, "tl_spec_variant", None)
+    if spec is not None:  # deepcopy shares the hook closures, which point at the original model
+        from tl_spec.zoo.variant_models import attach
+
+        clone.reset_hooks(including_permanent=True)
+        attach(clone, spec)
     return clone
+
+
+def can_start_at_layer(model: Any) -> bool:
+    """Whether ``model(resid, start_at_layer=l)`` equals the full forward from layer ``l`` on.
+
+    True for ``HookedTransformer`` unless its positional embedding enters every layer
+    (``shortformer``) or a trained-in ``decoupled`` variant reads an earlier layer's input.
+
+    >>> can_start_at_layer(object())
+    False
+    """
+    if backend_name(model) != "hooked":
+        return False
+    if getattr(model.cfg, "positional_embedding_type", None) == "shortformer":
+        return False
+    spec = getattr(model, "tl_spec_variant", None)
+    return spec is None or spec.variant != "decoupled"
 
 
 def require_pattern_hooks(model: Any) -> None:

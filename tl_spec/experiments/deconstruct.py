@@ -32,7 +32,7 @@ from tl_spec.experiments.run import model_device
 from tl_spec.hooks.capture import PatternStats
 from tl_spec.hooks.variants import FORMS, VARIANTS, AttentionVariant, resolve_variant_layers, static_patterns
 from tl_spec.metrics.specialization import si_from_correlations
-from tl_spec.models import backend_name, model_id, require_pattern_hooks
+from tl_spec.models import can_start_at_layer, model_id, require_pattern_hooks
 from tl_spec.results import Result, array, provenance
 from tl_spec.stats import Interval, paired_bootstrap
 from tl_spec.tokens import pad_batch, pad_id, tokenize, validate_prompts
@@ -159,7 +159,7 @@ def deconstruct(
     hooks = {(v, label): AttentionVariant(model, v, layers=layers, form=form,
                                           source_layer=source_layer, static=static)
              for v, label, layers in conditions}
-    can_start = backend_name(model) == "hooked"
+    can_start = can_start_at_layer(model)
     device = model_device(model)
     n = len(texts)
     clean_nll, clean_count = np.zeros(n), np.zeros(n)

@@ -24,7 +24,7 @@ from jaxtyping import Float
 
 from tl_spec.errors import TLSpecError
 from tl_spec.experiments.run import model_device
-from tl_spec.models import backend_name, model_id, require_pattern_hooks
+from tl_spec.models import can_start_at_layer, model_id, require_pattern_hooks
 from tl_spec.results import Result, array, provenance
 from tl_spec.tokens import batches, pad_id, tokenize, validate_prompts
 
@@ -88,8 +88,10 @@ def head_importance(
 ) -> ImportanceResult:
     """Loss increase per head under mean and/or zero ablation of its output ``z``.
 
-    ``heads_per_pass`` (default: all heads of a layer) bounds memory: a forward call runs
-    ``batch_size x heads_per_pass`` sequences.
+    ``heads_per_pass`` (default: all heads of a layer) bounds the forward's memory: a call runs
+    ``batch_size x heads_per_pass`` sequences. With prefix reuse the clean residual stream of
+    every batch and layer is kept (``texts x tokens x layers x d_model`` floats): pass fewer
+    texts per call for large models.
 
     >>> head_importance(model, texts, ablations=("zero",)).zero_ablation  # doctest: +SKIP
     """
@@ -113,7 +115,7 @@ def head_importance(
         return hook
 
     current: dict[str, torch.Tensor] = {}
-    can_start = backend_name(model) == "hooked"  # prefix reuse: layers before l are unchanged
+    can_start = can_start_at_layer(model)  # prefix reuse: layers before l are unchanged
     resid: dict[tuple[int, int], torch.Tensor] = {}
 
     def keep(b: int, layer: int) -> Any:

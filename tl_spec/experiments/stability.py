@@ -159,7 +159,8 @@ def _check_options(measure: str, region: str, null: Any, n_blocks: int, batch_si
         raise TLSpecError(f"unknown measure {measure!r}; choose one of {', '.join(MEASURES)} "
                           "(attention-pattern correlation, or linear CKA of head outputs)")
     check_region(region)
-    if not (isinstance(null, int) and null >= 0) and not isinstance(null, (list, tuple)):
+    if isinstance(null, bool) or not ((isinstance(null, int) and null >= 0)
+                                      or isinstance(null, (list, tuple))):
         raise TLSpecError(f"null must be a number of random-init copies (>= 0) or a list of "
                           f"models, got {null!r}")
     for name, value, low in (("n_blocks", n_blocks, 2), ("batch_size", batch_size, 1),
@@ -250,8 +251,8 @@ def _bootstrap(engine: _Engine, names: Sequence[str], n_layers: int, *, confiden
 
     def prof(row: np.ndarray) -> dict[str, np.ndarray]:
         key = row.astype(np.int64).tobytes()
-        if key not in cache:
-            cache[key] = engine.profile(row)
+        if key not in cache:  # keep only the layer profiles, not the similarity matrices
+            cache[key] = {k: v for k, v in engine.profile(row).items() if k in PROFILES}
         return cache[key]
 
     out: dict[str, list[Interval]] = {}
@@ -297,19 +298,21 @@ def head_stability(
     >>> r = head_stability([a, b], ["The cat sat on the mat."] * 4, n_blocks=2)  # doctest: +SKIP
     >>> r.stability, r.matching[0]  # doctest: +SKIP
     """
-    _check_options(measure, region, null, n_blocks or 2, batch_size, n_resamples)
+    _check_options(measure, region, null, 2 if n_blocks is None else n_blocks, batch_size,
+                   n_resamples)
     pset = as_prompt_set(prompts) if isinstance(prompts, PromptSet) else None
     texts = validate_prompts(pset.prompts if pset else prompts)
     trained = check_models(models)
-    n_blocks = n_blocks or min(len(texts), 20)
-    if len(texts) < n_blocks:
+    n_blocks = min(len(texts), 20) if n_blocks is None else n_blocks
+    if len(texts) < max(n_blocks, 2):
         raise TLSpecError(f"{len(texts)} prompts cannot fill n_blocks={n_blocks} bootstrap "
                           f"blocks; pass more prompts or n_blocks <= {len(texts)}")
     given = [] if isinstance(null, int) else list(null)
     if given:
         check_models(trained + given, what="models (null models included)")
     tokenized = _check_tokens(trained + given, texts, max_length, prepend_bos)
-    nulls = given or [random_init_like(trained[0], seed + 1 + r) for r in range(int(null))]
+    nulls = ([random_init_like(trained[0], seed + 1 + r) for r in range(null)]
+             if isinstance(null, int) else given)
     everyone = trained + nulls
     facts = describe(trained[0], seq_len=max_length)
     engine = _Engine(len(everyone), len(trained), measure, resid, n_blocks, facts.n_layers,

@@ -110,8 +110,9 @@ class _Profiles:
 
     def __call__(self, row: np.ndarray) -> dict[str, np.ndarray]:
         key = row.astype(np.int64).tobytes()
-        if key not in self.cache:
-            self.cache[key] = self.result.profile(row)
+        if key not in self.cache:  # the claims need layer profiles only
+            self.cache[key] = {k: v for k, v in self.result.profile(row).items()
+                               if k in ("stability", "distinctness", "resid_cka")}
         return self.cache[key]
 
 
@@ -130,7 +131,7 @@ def _effects(profiles: dict[str, _Profiles], groups: list[StudyGroup], row: np.n
     def centre_instability(g: StudyGroup) -> float:
         centres = (np.arange(g.depth) + 0.5) / g.depth
         dist = np.abs(centres - 0.5)
-        return float(1.0 - p[g.name]["stability"][dist == dist.min()].mean())
+        return float(1.0 - p[g.name]["stability"][np.isclose(dist, dist.min())].mean())
 
     e2 = (np.mean([centre_instability(g) for g in deep]) -
           np.mean([centre_instability(g) for g in groups if g.depth == shallowest])
@@ -234,6 +235,8 @@ def stability_study(
         if ci is None:
             ci = Interval(float("nan"), float("nan"), confidence, "none", "not testable", 0)
         holds = None if not np.isfinite(value) else bool(ci.low > 0)
+        if number == 5 and measure == "pattern":  # a correlation minus a CKA: no common scale
+            holds, unit = None, unit + "; not comparable under measure='pattern' (use 'output')"
         claims.append(dict(id=number, claim=CLAIMS[number - 1], statistic=text, effect=value,
                            interval=ci, holds=holds, units=unit))
     summaries = [dict(name=g.name, depth=g.depth, weight_decay=g.weight_decay,

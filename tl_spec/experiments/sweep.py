@@ -35,7 +35,7 @@ from tl_spec.experiments.run import model_device
 from tl_spec.hooks.capture import PatternStats
 from tl_spec.hooks.noising import NoiseHooks, prompt_key, site_hook_name
 from tl_spec.metrics.patterns import Region
-from tl_spec.models import backend_name
+from tl_spec.models import can_start_at_layer
 from tl_spec.tokens import PaddingSide, Tokenized, pad_batch, pad_id, plan_batches
 
 __all__ = ["NoiseCondition", "SweepStats", "run_sweep"]
@@ -99,7 +99,7 @@ class _Runner:
         self.pad = pad_id(model)
         self.n_layers = int(model.cfg.n_layers)
         self.keys = [prompt_key(ids) for ids in tokenized.ids]
-        self.can_start = backend_name(model) == "hooked"
+        self.can_start = can_start_at_layer(model)
         self.forwards: dict[str, int] = defaultdict(int)
         self.resid_store: dict[tuple[Any, int, int, int], torch.Tensor] = {}
         self.plan: list[tuple[str, int, list[int]]] = []

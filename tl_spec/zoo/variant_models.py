@@ -15,6 +15,7 @@ loaded model computes what was trained on both backends (tested: equal logits).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -124,15 +125,18 @@ def install(model: Any, spec: VariantSpec) -> list[Any]:
     bad = [x for x in spec.layers if not 0 <= x < len(layers)]
     if bad:
         raise TLSpecError(f"variant layers {bad} out of range for {len(layers)} layers")
-    AttentionInterface.register(_NAME, _variant_attention(spec))
-    model.config._attn_implementation = _NAME
+    if spec.variant == "decoupled" and not 0 <= spec.source_layer < len(layers):
+        raise TLSpecError(f"source_layer={spec.source_layer} out of range for {len(layers)} layers")
+    if spec.variant == "decoupled" and any(x < spec.source_layer for x in spec.layers):
+        raise TLSpecError("decoupled layers must not come before the source layer")
+    name = f"{_NAME}_{hashlib.sha1(spec.to_json().encode()).hexdigest()[:12]}"  # one per spec
+    AttentionInterface.register(name, _variant_attention(spec))
+    model.config._attn_implementation = name
     for layer in layers:
-        layer.self_attn.config._attn_implementation = _NAME
+        layer.self_attn.config._attn_implementation = name
     handles: list[Any] = []
     if spec.variant != "decoupled":
         return handles
-    if any(x < spec.source_layer for x in spec.layers):
-        raise TLSpecError("decoupled layers must not come before the source layer")
     source: dict[str, torch.Tensor] = {}
     handles.append(layers[spec.source_layer].register_forward_pre_hook(
         lambda mod, args, kwargs: source.__setitem__("x", args[0] if args else kwargs["hidden_states"]),
