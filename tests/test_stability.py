@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from ablation_reference import zero_ablation_loss_change
 from safetensors.torch import load_file, save_file
 
 import tl_spec
 from tl_spec import TLSpecError
-from tl_spec.experiments.importance import head_importance, token_losses
+from tl_spec.experiments.importance import head_importance
 from tl_spec.experiments.stability import head_stability
 from tl_spec.experiments.stability_study import _default_texts
 from tl_spec.metrics.cka import block_hsic, centered_cross, cka_from_hsic, linear_cka, output_factors
@@ -230,20 +231,9 @@ def test_importance_equals_one_head_at_a_time_and_constant_heads_are_free(ckpts,
     model = _load(ckpts["a"], backend)
     imp = head_importance(model, TEXTS[:5], heads_per_pass=3)
     layer, head = 1, 5
-
-    def ablate(z, hook):
-        z = z.clone()
-        z[:, :, head] = 0.0
-        return z
-
-    total = count = 0.0
-    for text in TEXTS[:5]:
-        tokens = model.to_tokens(text)
-        with torch.no_grad(), model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_z", ablate)]):
-            logits = model(tokens, return_type="logits")
-        t, n = token_losses(logits, tokens, torch.ones_like(tokens))
-        total, count = total + float(t.sum()), count + float(n.sum())
-    assert imp.zero_ablation[layer, head] == pytest.approx(total / count - imp.clean_loss, abs=1e-6)
+    want = zero_ablation_loss_change(model, TEXTS[:5], layer=layer, head=head,
+                                     clean_loss=imp.clean_loss)
+    assert imp.zero_ablation[layer, head] == pytest.approx(want, abs=1e-6)
     assert np.abs(imp.mean_ablation).max() > 1e-4
 
     # a head whose value is a constant bias (W_V = 0, b_V = c): its z is c at every token, so mean

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -302,7 +301,9 @@ def test_variant_models_in_null_copies_and_ablations(tmp_path):
     """A trained-in decoupled variant: random-init copies get their own hooks, and ablations do
     not start past the layer the variant reads (no prefix reuse), so they equal brute force."""
     from tl_spec import zoo
-    from tl_spec.experiments.importance import head_importance, token_losses
+    from ablation_reference import zero_ablation_loss_change
+
+    from tl_spec.experiments.importance import head_importance
     from tl_spec.models import can_start_at_layer, random_init_like
 
     zoo.build("variants", out=tmp_path, only=["var-decoupled-hybrid2-s0"], max_steps=3,
@@ -321,18 +322,6 @@ def test_variant_models_in_null_copies_and_ablations(tmp_path):
         assert torch.equal(before, after), backend  # the copy no longer reads the original
         imp = head_importance(null, PROMPTS[:2], ablations=("zero",))
         layer, head = 3, 1
-
-        def ablate(z, hook):
-            z = z.clone()
-            z[:, :, head] = 0.0
-            return z
-
-        total = count = 0.0
-        for text in PROMPTS[:2]:
-            t = null.to_tokens(text)
-            with torch.no_grad(), null.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_z", ablate)]):
-                logits = null(t)
-            a, n = token_losses(logits, t, torch.ones_like(t))
-            total, count = total + float(a.sum()), count + float(n.sum())
-        assert imp.zero_ablation[layer, head] == pytest.approx(total / count - imp.clean_loss,
-                                                               abs=1e-6), backend
+        want = zero_ablation_loss_change(null, PROMPTS[:2], layer=layer, head=head,
+                                         clean_loss=imp.clean_loss)
+        assert imp.zero_ablation[layer, head] == pytest.approx(want, abs=1e-6), backend
