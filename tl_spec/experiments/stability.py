@@ -84,7 +84,8 @@ class StabilityResult(Result):
     provenance: dict[str, Any] = field(repr=False)
 
     def profile(self, idx: Int[np.ndarray, "n_blocks"] | None = None) -> dict[str, np.ndarray]:
-        """The layer profiles over a resample of prompt blocks (only on a freshly run result).
+        """The layer profiles over a resample of prompt blocks (only on a freshly run result):
+        ``idx`` holds block indices; resamples are cached, so repeated calls cost nothing.
 
         >>> r.profile(np.zeros(r.settings["n_blocks"], dtype=int))["stability"]  # doctest: +SKIP
         """
@@ -92,7 +93,7 @@ class StabilityResult(Result):
         if engine is None:
             raise TLSpecError("profile() needs the pooled statistics of a result computed in "
                               "this session; a result loaded from a file keeps only its summaries")
-        return engine.profile(idx)
+        return engine.profile() if idx is None else engine.resample(idx)
 
     def table(self) -> str:
         """Per-layer text table: stability [interval], null, above chance, distinctness, resid."""
@@ -180,6 +181,7 @@ class _Engine:
         self.cross_pairs = [(a, b) for a in range(n_trained) for b in range(a + 1, n_models)]
         self.stats = PooledStats("pattern" if measure == "pattern" else "cka", n_heads)
         self.resid = PooledStats("cka", 1) if resid else None
+        self._resampled: dict[bytes, dict[str, np.ndarray]] = {}
         g, lay, h = n_blocks, n_layers, n_heads
         if measure == "pattern":
             for pair in self.cross_pairs + [(a, a) for a in range(n_trained)]:
@@ -229,9 +231,18 @@ class _Engine:
                     xa, xb = flat[a][layer], flat[b][layer]
                     stats.cross[(a, b)][g, layer] += (xa.T @ xb).double().cpu().numpy()
 
-    def profile(self, idx: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        w = (np.ones(self.blocks) if idx is None
-             else np.bincount(np.asarray(idx), minlength=self.blocks).astype(np.float64))
+    def resample(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """The layer profiles over resampled blocks ``idx``, cached by the block weights (the
+        interval of every profile and layer, and the study's claims, reuse one resample)."""
+        w = np.bincount(np.asarray(idx), minlength=self.blocks).astype(np.float64)
+        key = w.tobytes()
+        if key not in self._resampled:  # layer profiles only, not the similarity matrices
+            self._resampled[key] = {k: v for k, v in self.profile(w).items() if k in PROFILES}
+        return self._resampled[key]
+
+    def profile(self, weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Every profile, per head and per pair, over blocks weighted by ``weights`` (all 1)."""
+        w = np.ones(self.blocks) if weights is None else weights
         both = self.stats.similarities(self.cross_pairs + [(a, a) for a in range(self.n_trained)], w)
         sim = {pair: both[pair] for pair in self.cross_pairs}
         selves = {a: both[(a, a)] for a in range(self.n_trained)}
@@ -247,20 +258,13 @@ class _Engine:
 
 def _bootstrap(engine: _Engine, names: Sequence[str], n_layers: int, *, confidence: float,
                n_resamples: int, seed: int) -> dict[str, list[Interval]]:
-    cache: dict[bytes, dict[str, np.ndarray]] = {}
-
-    def prof(row: np.ndarray) -> dict[str, np.ndarray]:
-        key = row.astype(np.int64).tobytes()
-        if key not in cache:  # keep only the layer profiles, not the similarity matrices
-            cache[key] = {k: v for k, v in engine.profile(row).items() if k in PROFILES}
-        return cache[key]
-
     out: dict[str, list[Interval]] = {}
     for name in names:
         out[name] = []
         for layer in range(n_layers):
             def statistic(idx: np.ndarray, name: str = name, layer: int = layer) -> np.ndarray:
-                return np.array([prof(row)[name][layer] for row in idx.reshape(-1, idx.shape[-1])]
+                rows = idx.reshape(-1, idx.shape[-1])
+                return np.array([engine.resample(row)[name][layer] for row in rows]
                                 ).reshape(idx.shape[:-1])
 
             out[name].append(paired_bootstrap(statistic, engine.blocks, confidence=confidence,

@@ -26,6 +26,7 @@ from tl_spec.experiments.importance import head_importance
 from tl_spec.experiments.stability import MEASURES, StabilityResult, head_stability
 from tl_spec.results import Result, provenance
 from tl_spec.stats import Interval, paired_bootstrap
+from tl_spec.zoo.corpus import heldout_texts
 
 __all__ = ["CLAIMS", "StudyGroup", "StudyResult", "refit_groups", "stability_study"]
 
@@ -98,28 +99,11 @@ def refit_groups(*, seeds: int | None = None, depths: Sequence[int] | None = Non
     return groups
 
 
-def _default_texts(n: int, offset: int) -> list[str]:
-    from tl_spec.zoo.corpus import heldout_texts
-
-    return heldout_texts(n, offset=offset)
-
-
-class _Profiles:
-    def __init__(self, result: StabilityResult) -> None:
-        self.result, self.cache = result, {}
-
-    def __call__(self, row: np.ndarray) -> dict[str, np.ndarray]:
-        key = row.astype(np.int64).tobytes()
-        if key not in self.cache:  # the claims need layer profiles only
-            self.cache[key] = {k: v for k, v in self.result.profile(row).items()
-                               if k in ("stability", "distinctness", "resid_cka")}
-        return self.cache[key]
-
-
-def _effects(profiles: dict[str, _Profiles], groups: list[StudyGroup], row: np.ndarray) -> np.ndarray:
+def _effects(results: dict[str, StabilityResult], groups: list[StudyGroup],
+             row: np.ndarray) -> np.ndarray:
     deepest = max(g.depth for g in groups)
     shallowest = min(g.depth for g in groups)
-    p = {g.name: profiles[g.name](row) for g in groups}
+    p = {g.name: results[g.name].profile(row) for g in groups}  # cached per resample
     deep = [g for g in groups if g.depth == deepest]
     mid = slice(1, deepest - 1)
     edges = [0, deepest - 1]
@@ -190,8 +174,8 @@ def stability_study(
                                                                    backend=backend)
     if not groups or any(len(g.models) < 2 for g in groups):
         raise TLSpecError("every study group needs two or more models (seeds)")
-    prompts = list(prompts) if prompts is not None else _default_texts(n_prompts, 0)
-    texts = list(texts) if texts is not None else _default_texts(16, n_prompts)
+    prompts = list(prompts) if prompts is not None else heldout_texts(n_prompts)
+    texts = list(texts) if texts is not None else heldout_texts(16, offset=n_prompts)
     results: dict[str, StabilityResult] = {}
     importance: dict[str, list[np.ndarray]] = {}
     for g in groups:
@@ -200,15 +184,13 @@ def stability_study(
                                          confidence=confidence, seed=seed, progress=progress)
         importance[g.name] = [head_importance(m, texts, ablations=("mean",)).mean_ablation
                               for m in g.models]
-    profiles = {name: _Profiles(r) for name, r in results.items()}
-
     def effect(k: int) -> Any:
         def statistic(idx: np.ndarray) -> np.ndarray:
             flat = idx.reshape(-1, idx.shape[-1])
-            return np.array([_effects(profiles, groups, row)[k] for row in flat]).reshape(idx.shape[:-1])
+            return np.array([_effects(results, groups, row)[k] for row in flat]).reshape(idx.shape[:-1])
         return statistic
 
-    full = _effects(profiles, groups, np.arange(n_blocks))
+    full = _effects(results, groups, np.arange(n_blocks))
     statistics = [
         ("stability(edge layers) - stability(middle layers), deepest models", 0),
         ("distinctness(middle) - distinctness(edges), deepest models", 1),
