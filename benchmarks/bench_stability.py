@@ -47,12 +47,12 @@ import tl_spec
 import tl_spec.experiments.stability as stability_mod
 from tl_spec.experiments.importance import token_losses
 from tl_spec.experiments.stability import PROFILES
-from tl_spec.experiments.stability_study import _default_texts
+from tl_spec.zoo.corpus import heldout_texts
 from tl_spec.models import backend_name
 from tl_spec.tokens import batches, pad_id, tokenize
 from tl_spec.zoo.tiny import build_random_checkpoint
 
-from common import MODEL, default_backend, load, sync, time_interleaved  # noqa: E402
+from common import MODEL, default_backend, load, setup_line, sync, time_interleaved  # noqa: E402
 
 N_MODELS = 5
 MEASURES = ("pattern", "output")
@@ -231,11 +231,8 @@ def markdown(res: dict) -> str:
              f"head_importance's to {imp['max_abs_diff']:.1e} nats on {imp['naive_heads']} heads"]
     c = res["config"]
     peak = res["memory"]["process_peak_after_load_mib"]
-    rows.append(f"\n{res['backend']} backend, {res['device']}, {res['dtype']}, "
-                f"{res['torch_threads']} torch threads, {c['num_hidden_layers']} layers, "
-                f"{c['num_attention_heads']}:{c['num_key_value_heads']} heads, d_model "
-                f"{c['hidden_size']}, {res['n_prompts']} prompts (mean length "
-                f"{np.mean(res['prompt_lengths']):.0f} tokens) in {res['n_blocks']} blocks, "
+    rows.append(f"\n{setup_line(res)}, d_model {c['hidden_size']}, {res['n_prompts']} prompts "
+                f"(mean length {np.mean(res['prompt_lengths']):.0f} tokens) in {res['n_blocks']} blocks, "
                 f"{res['repeats']} repeats after {res['warmup']} warm-up; peak RSS after loading "
                 f"{'n/a' if peak is None else f'{peak:.0f} MiB'}; peak MiB: {res['memory']['peak_method']}")
     return "\n".join(rows)
@@ -255,8 +252,8 @@ def main() -> None:
                 for s in range(N_MODELS)]
         config = json.loads((dirs[0] / "config.json").read_text())
         models = [load(d, args) for d in dirs]
-    prompts = _default_texts(args.n_prompts, 0)
-    texts = _default_texts(args.n_texts, args.n_prompts)
+    prompts = heldout_texts(args.n_prompts)
+    texts = heldout_texts(args.n_texts, offset=args.n_prompts)
     tokenized = tokenize(models[0], prompts, max_length=MAX_LENGTH)
     prepared = stability_batches(models, tokenized, args.device)
     opts = dict(null=0, resid=False, n_blocks=args.n_blocks, n_resamples=SMALL_RESAMPLES)

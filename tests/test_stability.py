@@ -15,25 +15,19 @@ import numpy as np
 import pytest
 import torch
 from ablation_reference import zero_ablation_loss_change
+from conftest import BACKENDS, HAS_HOOKED, LOADABLE
 from safetensors.torch import load_file, save_file
 
 import tl_spec
 from tl_spec import TLSpecError
 from tl_spec.experiments.importance import head_importance
 from tl_spec.experiments.stability import head_stability
-from tl_spec.experiments.stability_study import _default_texts
+from tl_spec.zoo.corpus import heldout_texts
 from tl_spec.metrics.cka import block_hsic, centered_cross, cka_from_hsic, linear_cka, output_factors
 from tl_spec.metrics.matching import best_match, match_heads, matched_similarity
 from tl_spec.metrics.patterns import cross_correlations, entry_mask
 from tl_spec.zoo.tiny import build_random_checkpoint
 
-BACKENDS = ("bridge", "hooked")
-try:
-    from transformer_lens import HookedTransformer  # noqa: F401
-    HAS_HOOKED = True
-except ImportError:  # TransformerLens 4 has only the bridge
-    HAS_HOOKED = False
-LOADABLE = ("bridge", "hooked") if HAS_HOOKED else ("bridge",)
 TEXTS = [f"Item {i}: the function returns a list of {i + 2} values and raises an error if the "
          f"argument is empty." for i in range(12)]
 PERM = torch.tensor([3, 0, 7, 1, 6, 2, 5, 4])
@@ -168,7 +162,7 @@ def test_self_and_permuted_copy_are_perfectly_stable(ckpts, backend, measure):
 
 def test_a_trained_model_against_a_random_init_one_sits_at_the_null_level():
     trained = tl_spec.zoo.load("base-mha", backend="bridge")
-    texts = _default_texts(12, 0)
+    texts = heldout_texts(12)
     nulls = [tl_spec.models.random_init_like(trained, s) for s in (11, 12, 13)]
     level = head_stability([trained, trained], texts, measure="output", null=nulls, n_blocks=6,
                            n_resamples=200).null
@@ -183,7 +177,7 @@ def test_refits_are_stable_above_chance_on_both_backends(tmp_path, monkeypatch):
     monkeypatch.setenv("TL_SPEC_CACHE", str(tmp_path))
     names = [f"refit-L2-wd0-s{s}" for s in range(3)]
     tl_spec.zoo.build("refits", only=names, max_steps=80, progress=False)
-    texts = _default_texts(12, 0)
+    texts = heldout_texts(12)
     out = {}
     for backend in LOADABLE:
         models = [tl_spec.zoo.load(n, backend=backend) for n in names]

@@ -358,7 +358,7 @@ def _load_any(name: str, args: argparse.Namespace) -> Any:
 def _cmd_stability(args: argparse.Namespace) -> None:
     from tl_spec import head_stability, stability_study
     from tl_spec.experiments.stability import _check_options
-    from tl_spec.experiments.stability_study import _default_texts
+    from tl_spec.zoo.corpus import heldout_texts
 
     _check_options(args.measure, "lower", args.null, args.n_blocks, args.batch_size,
                    args.n_resamples)
@@ -373,7 +373,7 @@ def _cmd_stability(args: argparse.Namespace) -> None:
     if len(args.models) < 2:
         raise TLSpecError(f"stability needs two or more models, got {len(args.models)} "
                           "(or use --study refits)")
-    prompts = list(_load_prompt_set(args).prompts) if args.prompts else _default_texts(32, 0)
+    prompts = list(_load_prompt_set(args).prompts) if args.prompts else heldout_texts(32)
     models = [_load_any(name, args) for name in args.models]
     result = head_stability(models, prompts, measure=args.measure, null=args.null,
                             resid=not args.no_resid, max_length=args.max_length,

@@ -51,15 +51,15 @@ def _steps() -> list[tuple[str, Callable[[dict[str, Any]], Any]]]:
         return [a, b, tl_spec.compare_sensitivity(a, b)]
 
     def stability(state: dict[str, Any]) -> Any:
-        from tl_spec.experiments.stability_study import _default_texts
         from tl_spec.zoo import available
+        from tl_spec.zoo.corpus import heldout_texts
 
         ready = [e.name for e in available() if e.ready and e.name.startswith("refit-L2-wd0-s")]
         if len(ready) < 2:
             return None  # the summary says how to get the refits
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", TLSpecWarning)  # texts cut at 128 tokens, by design
-            return tl_spec.head_stability([load(n) for n in ready[:5]], _default_texts(32, 0),
+            return tl_spec.head_stability([load(n) for n in ready[:5]], heldout_texts(32),
                                           measure="output", null=2, n_blocks=16)
 
     return [("load the embedded zoo", models), ("SI, three definitions", si),

@@ -150,9 +150,9 @@ def deconstruct(
     static = None
     if "static" in variants:
         if reference_texts is None:
-            from tl_spec.experiments.stability_study import _default_texts
+            from tl_spec.zoo.corpus import heldout_texts
 
-            reference_texts = _default_texts(32, 0)
+            reference_texts = heldout_texts(32)
         with warnings.catch_warnings():  # a reference text cut at max_length is still a reference
             warnings.simplefilter("ignore", TLSpecWarning)
             static = static_patterns(model, reference_texts, max_length=max_length)
