@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Bool, Int
 
 from tl_spec.errors import TLSpecError, TLSpecWarning
 
@@ -28,6 +28,7 @@ __all__ = [
     "pad_batch",
     "pad_id",
     "plan_batches",
+    "real_tokens",
     "tokenize",
     "validate_prompts",
 ]
@@ -212,3 +213,25 @@ def batches(
         tokens, mask = pad_batch([tokenized.ids[i] for i in chunk], pad_id=pad_id,
                                  padding_side=padding_side, device=device)
         yield chunk, tokens, mask
+
+
+def real_tokens(
+    mask: torch.Tensor | None, batch: int, n: int, device: torch.device, *, owner: str = "hooks"
+) -> Bool[torch.Tensor, "batch pos"]:
+    """The real tokens of a batch from its attention mask (``None``: all real), shape-checked.
+
+    What every hook that reads ``owner.attention_mask`` uses; a mask of another batch is a clear
+    error instead of a silent broadcast.
+
+    >>> real_tokens(None, 1, 2, torch.device("cpu")).tolist()
+    [[True, True]]
+    """
+    if mask is None:
+        return torch.ones(batch, n, dtype=torch.bool, device=device)
+    if tuple(mask.shape) != (batch, n):
+        raise TLSpecError(
+            f"attention_mask has shape {tuple(mask.shape)} but the batch is {batch} prompts x "
+            f"{n} positions; set {owner}.attention_mask to the mask of the batch being run (or "
+            "None for unpadded input)"
+        )
+    return mask.to(device).bool()

@@ -31,6 +31,7 @@ from tl_spec.metrics.patterns import (
     row_entropy,
 )
 from tl_spec.models import layer_windows, require_pattern_hooks
+from tl_spec.tokens import real_tokens
 
 __all__ = ["STATS", "PatternStats", "Stat", "pattern_hook_name"]
 
@@ -111,25 +112,13 @@ class PatternStats:
         hook.__name__ = f"tl_spec_pattern_stats_L{layer}"
         return hook
 
-    def _token_valid(self, pattern: torch.Tensor) -> torch.Tensor:
-        batch, _, n_q, _ = pattern.shape
-        mask = self.attention_mask
-        if mask is None:
-            return torch.ones(batch, n_q, dtype=torch.bool, device=pattern.device)
-        if mask.shape != (batch, n_q):
-            raise TLSpecError(
-                f"attention_mask has shape {tuple(mask.shape)} but the pattern is for "
-                f"{batch} prompts x {n_q} positions; set stats.attention_mask to the mask of "
-                "the batch being run (or None for unpadded input)"
-            )
-        return mask.to(device=pattern.device).bool()
-
     @torch.no_grad()
     def reduce(
         self, layer: int, pattern: Float[torch.Tensor, "batch n_heads query_pos key_pos"]
     ) -> None:
         """Reduce one layer's pattern for the current batch (what each hook calls)."""
-        token_valid = self._token_valid(pattern)
+        batch, _, n_q, _ = pattern.shape
+        token_valid = real_tokens(self.attention_mask, batch, n_q, pattern.device, owner="stats")
         row_sums = torch.where(token_valid[:, None, :], pattern.sum(-1), 0.0)
         self._finite[layer].append(torch.isfinite(row_sums).all())
         store = self._per_batch

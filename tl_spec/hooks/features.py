@@ -24,6 +24,7 @@ import torch
 from tl_spec.errors import TLSpecError
 from tl_spec.hooks.capture import pattern_hook_name
 from tl_spec.metrics.cka import output_factors
+from tl_spec.tokens import real_tokens
 
 __all__ = ["FEATURES", "BatchFeatures"]
 
@@ -72,23 +73,13 @@ class BatchFeatures:
         hook.__name__ = f"tl_spec_features_{kind}_L{layer}"
         return hook
 
-    def _valid(self, x: torch.Tensor) -> torch.Tensor | None:
-        if self.attention_mask is None:
-            return None
-        if self.attention_mask.shape != x.shape[:2]:
-            raise TLSpecError(
-                f"attention_mask has shape {tuple(self.attention_mask.shape)} but the activation "
-                f"is for {x.shape[0]} prompts x {x.shape[1]} positions; set attention_mask to "
-                "the mask of the batch being run"
-            )
-        return self.attention_mask.to(x.device).bool()
-
     @torch.no_grad()
     def _store(self, kind: str, layer: int, x: torch.Tensor) -> None:
         if kind == "pattern":
             self.pattern[layer] = x.detach().clone()
             return
-        valid = self._valid(x)
+        valid = None if self.attention_mask is None else real_tokens(
+            self.attention_mask, x.shape[0], x.shape[1], x.device, owner="features")
         if kind == "output":
             assert self.factors is not None
             r = self.factors[layer].to(x.device)

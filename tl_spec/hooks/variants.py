@@ -34,6 +34,7 @@ from tl_spec.errors import TLSpecError
 from tl_spec.hooks.noising import resolve_layers
 from tl_spec.metrics.patterns import entry_mask
 from tl_spec.models import layer_windows, require_pattern_hooks
+from tl_spec.tokens import real_tokens
 
 __all__ = ["FORMS", "VARIANTS", "AttentionVariant", "attention_variant", "normalise_scores",
            "resolve_variant_layers", "static_patterns"]
@@ -183,15 +184,6 @@ class AttentionVariant:
             hooks.append((f"blocks.{layer}.attn.hook_pattern", self._pattern_hook(layer)))
         return hooks
 
-    def _token_valid(self, batch: int, n: int, device: torch.device) -> torch.Tensor:
-        mask = self.attention_mask
-        if mask is None:
-            return torch.ones(batch, n, dtype=torch.bool, device=device)
-        if tuple(mask.shape) != (batch, n):
-            raise TLSpecError(f"attention_mask has shape {tuple(mask.shape)} but the batch is "
-                              f"{batch} x {n}; set variant.attention_mask to the batch's mask")
-        return mask.to(device).bool()
-
     def _keep_scores(self, layer: int) -> Callable[..., None]:
         def hook(scores: torch.Tensor, *, hook: Any = None) -> None:
             self._scores[layer] = scores
@@ -200,7 +192,8 @@ class AttentionVariant:
     def _pattern_hook(self, layer: int) -> Callable[..., torch.Tensor]:
         def hook(pattern: torch.Tensor, *, hook: Any = None) -> torch.Tensor:
             batch, heads, n, _ = pattern.shape
-            token_valid = self._token_valid(batch, n, pattern.device)
+            token_valid = real_tokens(self.attention_mask, batch, n, pattern.device,
+                                      owner="variant")
             valid = entry_mask(token_valid, region="lower", window=self.windows[layer])
             new = self._replacement(layer, pattern, token_valid, valid)
             rows = token_valid[:, None, :, None]  # padded queries keep the model's own rows
