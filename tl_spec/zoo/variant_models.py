@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from tl_spec.errors import TLSpecError
+from tl_spec.metrics.patterns import entry_mask
 
 __all__ = ["FILE", "TRAINABLE", "VariantSpec", "attach", "install", "read_spec"]
 
@@ -66,12 +67,9 @@ def read_spec(path: str | Path) -> VariantSpec | None:
 def _allowed(module: Any, attention_mask: torch.Tensor | None, n: int,
              device: torch.device) -> torch.Tensor:
     """[batch or 1, 1, n, n] bool: causal, inside the layer's window, and not masked."""
-    idx = torch.arange(n, device=device)
-    allowed = idx[None, :] <= idx[:, None]
     window = getattr(module, "sliding_window", None) or getattr(module.config, "sliding_window", None)
-    if window:
-        allowed &= (idx[:, None] - idx[None, :]) < window
-    allowed = allowed[None, None]
+    allowed = entry_mask(torch.ones(1, n, dtype=torch.bool, device=device), region="lower",
+                         window=window or None)[:, None]
     if attention_mask is not None:
         m = attention_mask[..., -n:, -n:]
         m = m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2
