@@ -19,6 +19,13 @@ if str(TESTS_DIR) not in sys.path:  # so test modules can `import hf_reference`
     sys.path.insert(0, str(TESTS_DIR))
 
 BACKENDS = ("bridge", "hooked")
+try:
+    from transformer_lens import HookedTransformer  # noqa: F401
+    HAS_HOOKED = True
+except ImportError:  # TransformerLens 4 has only the bridge
+    HAS_HOOKED = False
+#: The backends this TransformerLens can load (tests that need a model of each, not a skip).
+LOADABLE = ("bridge", "hooked") if HAS_HOOKED else ("bridge",)
 
 # (method, region, aggregate); None = leave tl_spec's default (those methods ignore them).
 COMBOS = [

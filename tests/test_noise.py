@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import HAS_HOOKED, LOADABLE
 
 import tl_spec
 from tl_spec import TLSpecError
@@ -18,12 +19,7 @@ from tl_spec.prompts import E06_TEXTS, STANDARD_10
 from tl_spec.stats import LinearFit
 from tl_spec.tokens import plan_batches, tokenize
 
-HAS_HOOKED = True
-try:
-    from transformer_lens import HookedTransformer  # noqa: F401
-except ImportError:
-    HAS_HOOKED = False
-BACKENDS = ["bridge", "hooked"] if HAS_HOOKED else ["bridge"]
+BACKENDS = list(LOADABLE)
 
 
 # ------------------------------------------------------------------ hook points

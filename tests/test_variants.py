@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+from conftest import BACKENDS, HAS_HOOKED, LOADABLE
 
 import tl_spec
 from tl_spec import TLSpecError
@@ -22,13 +23,6 @@ from tl_spec.metrics.patterns import entry_mask
 from tl_spec.models import layer_windows
 from tl_spec.tokens import pad_batch, pad_id
 
-BACKENDS = ("bridge", "hooked")
-try:
-    from transformer_lens import HookedTransformer  # noqa: F401
-    HAS_HOOKED = True
-except ImportError:  # TransformerLens 4 has only the bridge
-    HAS_HOOKED = False
-LOADABLE = ("bridge", "hooked") if HAS_HOOKED else ("bridge",)
 ARCHS = ("llama-gqa", "gpt2", "mistral-swa")
 PROMPTS = ["The cat sat on the mat because it was warm.", "Dogs bark.",
            "A longer sentence about functions, lists and dictionaries in Python code here."]
