@@ -44,7 +44,7 @@ from tl_spec.prompts import STANDARD_10
 from tl_spec.tokens import batches, pad_id, tokenize
 from tl_spec.zoo.tiny import build_random_checkpoint
 
-from common import MODEL, default_backend, load, sync, time_interleaved  # noqa: E402
+from common import MODEL, default_backend, load, setup_line, sync, time_interleaved  # noqa: E402
 
 METHODS = ("pattern", "entropy_profile", "normalized_entropy")
 BATCH_SIZE, MAX_LENGTH, PADDING = 16, 128, "right"  # specialization_index's defaults
@@ -223,11 +223,8 @@ def markdown(res: dict) -> str:
         rows.append(f"| {route} | {m[route][key]:.1f} | {m[route][key] / m['cache'][key]:.1%} |")
     rows.append(f"\nSI / run_with_cache = {ratio:.1%} (target <= {MEM_TARGET:.0%}: "
                 f"{'OK' if ratio <= MEM_TARGET else 'MISSED'})")
-    c = res["config"]
-    rows.append(f"\n{res['backend']} backend, {res['device']}, {res['dtype']}, "
-                f"{res['torch_threads']} torch threads, {c['num_hidden_layers']} layers, "
-                f"{c['num_attention_heads']}:{c['num_key_value_heads']} heads, "
-                f"prompt lengths {res['prompt_lengths']}, {res['repeats']} repeats")
+    rows.append(f"\n{setup_line(res)}, prompt lengths {res['prompt_lengths']}, "
+                f"{res['repeats']} repeats")
     return "\n".join(rows)
 
 

@@ -51,7 +51,7 @@ from tl_spec.prompts import STANDARD_10
 from tl_spec.tokens import pad_batch, pad_id, tokenize
 from tl_spec.zoo.tiny import build_random_checkpoint
 
-from common import MODEL, default_backend, load, time_interleaved  # noqa: E402
+from common import MODEL, default_backend, load, setup_line, time_interleaved  # noqa: E402
 
 REGIONS = ("early", "middle", "late", "all")
 SIGMAS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)
@@ -210,12 +210,9 @@ def markdown(res: dict) -> str:
              f" fast vs fast=False grid max |diff| {res['si']['fast_vs_plain_max_diff']:.1e}"),
              f"engine forwards: {res['engine_forwards']}; token-rows x layers run: "
              + ", ".join(f"{k} {v:,}" for k, v in res["token_layers"].items())]
-    c = res["config"]
-    rows.append(f"\n{res['backend']} backend, {res['device']}, {res['dtype']}, "
-                f"{res['torch_threads']} torch threads, {c['num_hidden_layers']} layers, "
-                f"{c['num_attention_heads']}:{c['num_key_value_heads']} heads, d_model "
-                f"{c['hidden_size']}, regions {res['region_layers']}, prompt lengths "
-                f"{res['prompt_lengths']}, {res['repeats']} repeats after {res['warmup']} warm-up")
+    rows.append(f"\n{setup_line(res)}, d_model {res['config']['hidden_size']}, regions "
+                f"{res['region_layers']}, prompt lengths {res['prompt_lengths']}, "
+                f"{res['repeats']} repeats after {res['warmup']} warm-up")
     return "\n".join(rows)
 
 

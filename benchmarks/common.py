@@ -16,11 +16,19 @@ import torch
 
 import tl_spec
 
-__all__ = ["MODEL", "default_backend", "load", "sync", "time_interleaved"]
+__all__ = ["MODEL", "default_backend", "load", "setup_line", "sync", "time_interleaved"]
 
 #: The benchmark model: a local random-init Llama-style checkpoint (GQA 8:2, d_model 512, 8 layers).
 MODEL = dict(arch="llama-gqa", num_hidden_layers=8, hidden_size=512, intermediate_size=1408,
              num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096)
+
+
+def setup_line(res: dict) -> str:
+    """The report footer's start: backend, device, dtype, threads, layers, query:KV heads."""
+    c = res["config"]
+    return (f"{res['backend']} backend, {res['device']}, {res['dtype']}, "
+            f"{res['torch_threads']} torch threads, {c['num_hidden_layers']} layers, "
+            f"{c['num_attention_heads']}:{c['num_key_value_heads']} heads")
 
 
 def sync(device: str) -> None:
