@@ -3,7 +3,8 @@
 Standard Hugging Face checkpoints (Llama or Mistral config, safetensors, the zoo's tokenizer)
 trained with PyTorch's AdamW and transformers' cosine schedule on the corpus of
 :mod:`tl_spec.zoo.corpus`: windows of ``ctx`` tokens drawn from the concatenated training
-documents with a seeded generator. Held-out loss is measured on non-overlapping windows of the
+documents with a seeded generator, optionally mixed with repeated random-token sequences
+(:func:`copy_sequences`, the induction-head curriculum of the default set). Held-out loss is measured on non-overlapping windows of the
 held-out documents and compared with the unigram baseline (the cross-entropy of add-one smoothed
 training-token frequencies on the held-out tokens).
 
@@ -29,8 +30,10 @@ from tl_spec.zoo.corpus import Corpus, Document, load_corpus
 
 __all__ = [
     "TrainConfig",
+    "copy_sequences",
     "deterministic",
     "heldout_loss",
+    "induction_probe",
     "token_stream",
     "train_base",
     "train_tokenizer",
@@ -57,6 +60,14 @@ class TrainConfig:
     warmup: int = 100
     seed: int = 0
     variant: dict[str, Any] | None = None  # an attention variant trained in (VariantSpec fields)
+    # induction-head curriculum: a warm-up in which every row is a repeated random-token sequence
+    # (copy_sequences), at most copy_warmup steps, ended early at the first check (every
+    # copy_check steps) where some head's induction score reaches copy_until; afterwards
+    # copy_frac of each batch (rounded) stays such sequences
+    copy_warmup: int = 0
+    copy_until: float | None = None
+    copy_check: int = 50
+    copy_frac: float = 0.0
 
     def hf_config(self, tokenizer: Any) -> Any:
         """The Hugging Face config of this architecture for ``tokenizer``."""
@@ -120,6 +131,55 @@ def token_stream(tokenizer: Any, documents: Sequence[Document]) -> Int[np.ndarra
     eos = tokenizer.eos_token_id
     parts = [np.array(tokenizer(d.text).input_ids + [eos], dtype=np.int64) for d in documents]
     return np.concatenate(parts)
+
+
+def copy_sequences(
+    rng: np.random.Generator, n: int, ctx: int, *, vocab_size: int, bos: int, first_id: int = 3,
+    min_block: int = 8, max_block: int = 32,
+) -> tuple[Int[torch.Tensor, "n ctx"], Int[torch.Tensor, "n ctx"]]:
+    """``n`` copy-task rows: ``<bos>`` then a random block of ``min_block..max_block`` token ids
+    (drawn uniformly from ``first_id..vocab_size-1``) repeated to fill ``ctx + 1`` tokens.
+
+    Returns inputs and next-token labels; the labels of the first copy and of the second copy's
+    first token (unpredictable from the context) are -100, so the loss rewards only copying.
+
+    >>> x, y = copy_sequences(np.random.default_rng(0), 2, 40, vocab_size=100, bos=1)
+    >>> x.shape, bool((x[:, 0] == 1).all()), bool((y[:, :9] == -100).all())
+    (torch.Size([2, 40]), True, True)
+    """
+    rows, labels = [], []
+    for _ in range(n):
+        length = int(rng.integers(min_block, max_block + 1))
+        block = rng.integers(first_id, vocab_size, size=length)
+        seq = np.concatenate([[bos], np.tile(block, ctx // length + 2)])[: ctx + 1]
+        target = seq[1:].copy()
+        target[: length + 1] = -100
+        rows.append(seq[:-1])
+        labels.append(target)
+    return torch.from_numpy(np.stack(rows)), torch.from_numpy(np.stack(labels))
+
+
+@torch.no_grad()
+def induction_probe(model: Any, *, vocab_size: int, bos: int, n_repeats: int = 8, block: int = 24,
+                    seed: int = 0) -> float:
+    """Best induction score of a Hugging Face model (eager attention): on ``<bos>`` + a random
+    block + the same block, the mean attention of the second copy's tokens to the token after
+    their earlier occurrence, for the best head. The rule of
+    :func:`tl_spec.zoo.evidence.head_scores`; its own generator, so training draws are untouched.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    q = torch.arange(block + 1, 2 * block + 1)
+    scores = []
+    for _ in range(n_repeats):
+        rand = torch.randint(10, vocab_size, (block,), generator=gen)
+        x = torch.cat([torch.tensor([bos]), rand, rand])[None]
+        att = model(input_ids=x, output_attentions=True).attentions
+        scores.append(torch.stack([a[0][:, q, q - block + 1].float().mean(-1) for a in att]))
+    best = torch.stack(scores).mean(0).max()
+    model.train(was_training)
+    return float(best)
 
 
 def unigram_baseline(train: np.ndarray, heldout: np.ndarray, vocab_size: int) -> float:
@@ -191,13 +251,26 @@ def train_base(
             steps = tqdm(steps, desc=f"train {Path(out_dir).name}", unit="step", leave=False)
         model.train()
         loss_value = math.nan
+        n_copy = round(config.copy_frac * config.batch_size)
+        warm_end = config.copy_warmup  # the step the copy-only warm-up ended (at most copy_warmup)
         for step in steps:
-            starts = rng.integers(0, len(train) - config.ctx - 1, size=config.batch_size)
-            x = torch.stack([data[s : s + config.ctx] for s in starts])
-            y = torch.stack([data[s + 1 : s + config.ctx + 1] for s in starts])
+            if (config.copy_until is not None and step < warm_end and step > 0
+                    and step % config.copy_check == 0
+                    and induction_probe(model, vocab_size=len(tokenizer),
+                                        bos=tokenizer.bos_token_id) >= config.copy_until):
+                warm_end = step
+            copies = config.batch_size if step < warm_end else n_copy
+            starts = rng.integers(0, len(train) - config.ctx - 1, size=config.batch_size - copies)
+            xs = [data[s : s + config.ctx] for s in starts]
+            ys = [data[s + 1 : s + config.ctx + 1] for s in starts]
+            if copies:
+                cx, cy = copy_sequences(rng, copies, config.ctx, vocab_size=len(tokenizer),
+                                        bos=tokenizer.bos_token_id)
+                xs, ys = xs + list(cx), ys + list(cy)
+            x, y = torch.stack(xs), torch.stack(ys)
             logits = model(input_ids=x).logits
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                     y.reshape(-1))
+                                                     y.reshape(-1), ignore_index=-100)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -224,5 +297,6 @@ def train_base(
         "train_tokens": int(len(train)),
         "heldout_tokens": int(len(heldout)),
         "train_seconds": seconds,
+        "copy_warmup_steps": warm_end,
         "threads": torch.get_num_threads() if threads is None else threads,
     }
