@@ -265,7 +265,8 @@ def test_bad_input_is_refused_before_any_work(ckpts, tmp_path):
     with pytest.raises(TLSpecError, match="different architectures .*n_layers: 3 vs 4"):
         head_stability([a, tl_spec.zoo.load("base-mha", backend="bridge")], TEXTS, n_blocks=4)
     # same architecture as the zoo's base-mha, but the tiny tokenizer: refused before any forward
-    four = build_random_checkpoint(tmp_path / "four", arch="llama-mha", num_hidden_layers=4)
+    four = build_random_checkpoint(tmp_path / "four", arch="llama-mha", num_hidden_layers=4,
+                                   num_attention_heads=4, num_key_value_heads=4)
     with pytest.raises(TLSpecError, match="different tokenizers"):
         head_stability([tl_spec.load_model(four, backend="bridge"),
                         tl_spec.zoo.load("base-mha", backend="bridge")], TEXTS, n_blocks=4)
