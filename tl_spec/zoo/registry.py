@@ -35,7 +35,8 @@ TOKENIZER = "tokenizer"
 # The default set's base recipe: 4 heads of width 16 (at width 8 no induction heads formed at any
 # budget tried) and an induction-head curriculum of repeated random-token sequences (README).
 _BASE = dict(n_layers=4, d_model=64, n_heads=4, d_mlp=192, ctx=128, steps=2600, batch_size=16,
-             lr=3e-3, warmup=60, copy_warmup=1500, copy_until=0.4, copy_frac=0.125)
+             lr=3e-3, warmup=60, copy_warmup=1500, copy_until=0.4, copy_frac=0.125,
+             bos_frac=0.5)
 # Refits and trained variants keep the zoo's first base recipe (8 heads of width 8, text only):
 # they measure seed-to-seed stability and variants against each other, not induction.
 _BASE_V1 = dict(n_layers=4, d_model=64, n_heads=8, d_mlp=192, ctx=128, steps=1200,

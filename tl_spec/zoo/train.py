@@ -68,6 +68,10 @@ class TrainConfig:
     copy_until: float | None = None
     copy_check: int = 50
     copy_frac: float = 0.0
+    # this fraction of the text windows (rounded) starts at a document's <bos> (the others start
+    # anywhere in the stream): copy rows start with <bos> too, and models must still learn that a
+    # <bos> is mostly followed by text
+    bos_frac: float = 0.0
 
     def hf_config(self, tokenizer: Any) -> Any:
         """The Hugging Face config of this architecture for ``tokenizer``."""
@@ -244,6 +248,7 @@ def train_base(
         sched = get_cosine_schedule_with_warmup(opt, config.warmup, config.steps)
         rng = np.random.default_rng(config.seed)
         data = torch.from_numpy(train)
+        doc_starts = np.flatnonzero(train[: len(train) - config.ctx - 1] == tokenizer.bos_token_id)
         steps: Any = range(config.steps)
         if progress:
             from tqdm.auto import tqdm
@@ -260,7 +265,11 @@ def train_base(
                                         bos=tokenizer.bos_token_id) >= config.copy_until):
                 warm_end = step
             copies = config.batch_size if step < warm_end else n_copy
-            starts = rng.integers(0, len(train) - config.ctx - 1, size=config.batch_size - copies)
+            n_text = config.batch_size - copies
+            n_bos = round(config.bos_frac * n_text)
+            starts = rng.integers(0, len(train) - config.ctx - 1, size=n_text - n_bos)
+            if n_bos:
+                starts = np.concatenate([rng.choice(doc_starts, size=n_bos), starts])
             xs = [data[s : s + config.ctx] for s in starts]
             ys = [data[s + 1 : s + config.ctx + 1] for s in starts]
             if copies:
