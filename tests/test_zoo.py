@@ -193,3 +193,50 @@ def test_head_scores_agree_with_transformer_lens_head_detector():
     tokens = model.to_tokens(text + " " + text).cpu()
     n_targets = float(get_induction_head_detection_pattern(tokens).sum())
     assert tl_ind.max() * tokens.shape[1] / n_targets > 0.3
+
+
+def test_copy_rows_mask_exactly_the_unpredictable_targets():
+    from tl_spec.zoo.train import copy_sequences
+
+    rng = np.random.default_rng(3)
+    x, y = copy_sequences(rng, 64, 128, vocab_size=2048, bos=1)
+    assert x.shape == y.shape == (64, 128) and (x[:, 0] == 1).all()
+    for row_x, row_y in zip(x.numpy(), y.numpy()):
+        masked = np.flatnonzero(row_y == -100)
+        length = len(masked) - 1  # the first copy's targets plus the repeat's first token
+        assert 8 <= length <= 32 and (masked == np.arange(length + 1)).all()
+        # every unmasked target is the next input token and the token one period earlier
+        kept = np.arange(length + 1, 127)
+        assert (row_y[kept] == row_x[kept + 1]).all()
+        assert (row_y[kept] == row_x[kept + 1 - length]).all()
+        assert (row_x[1:] >= 3).all()  # no special tokens inside the block
+
+
+def test_induction_probe_matches_head_scores_on_another_implementation():
+    """The training-time probe (Hugging Face attentions) and `head_scores` (TransformerLens hook
+    patterns) give the same best induction score on the shipped base model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tl_spec.zoo.evidence import head_scores
+    from tl_spec.zoo.train import induction_probe
+
+    path = zoo.model_dir("base-gqa")
+    tok = AutoTokenizer.from_pretrained(path)
+    hf = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager",
+                                              torch_dtype=torch.float32)
+    probe = induction_probe(hf, vocab_size=len(tok), bos=tok.bos_token_id)
+    ours = head_scores(tl_spec.load_model(path))["induction"].max()
+    assert probe == pytest.approx(ours, abs=1e-5) and probe > 0.8  # measured: 0.8975 both
+
+
+def test_train_config_refuses_bad_curriculum_values():
+    from tl_spec.zoo.train import TrainConfig
+
+    with pytest.raises(TLSpecError, match="copy_frac is a fraction .* got 1.5"):
+        TrainConfig(copy_frac=1.5)
+    with pytest.raises(TLSpecError, match="bos_frac"):
+        TrainConfig(bos_frac=-0.1)
+    with pytest.raises(TLSpecError, match="copy_check >= 1"):
+        TrainConfig(copy_check=0)
+    with pytest.raises(TLSpecError, match="copy_until is an induction score"):
+        TrainConfig(copy_until=2.0)

@@ -4,9 +4,10 @@ Standard Hugging Face checkpoints (Llama or Mistral config, safetensors, the zoo
 trained with PyTorch's AdamW and transformers' cosine schedule on the corpus of
 :mod:`tl_spec.zoo.corpus`: windows of ``ctx`` tokens drawn from the concatenated training
 documents with a seeded generator, optionally mixed with repeated random-token sequences
-(:func:`copy_sequences`, the induction-head curriculum of the default set). Held-out loss is measured on non-overlapping windows of the
-held-out documents and compared with the unigram baseline (the cross-entropy of add-one smoothed
-training-token frequencies on the held-out tokens).
+(:func:`copy_sequences`, the induction-head curriculum of the default set). Held-out loss is
+measured on non-overlapping windows of the held-out documents and compared with the unigram
+baseline (the cross-entropy of add-one smoothed training-token frequencies on the held-out
+tokens).
 
 >>> cfg = TrainConfig(arch="llama", n_kv_heads=2, steps=10)      # doctest: +SKIP
 >>> metrics = train_base(cfg, "out/base-gqa", tokenizer_dir="out/tokenizer")  # doctest: +SKIP
@@ -72,6 +73,21 @@ class TrainConfig:
     # anywhere in the stream): copy rows start with <bos> too, and models must still learn that a
     # <bos> is mostly followed by text
     bos_frac: float = 0.0
+
+    def __post_init__(self) -> None:
+        from tl_spec.errors import TLSpecError
+
+        for name in ("copy_frac", "bos_frac"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise TLSpecError(f"TrainConfig.{name} is a fraction of each batch, between 0 and "
+                                  f"1; got {value!r}")
+        if self.copy_warmup < 0 or self.copy_check < 1:
+            raise TLSpecError("TrainConfig.copy_warmup must be >= 0 steps and copy_check >= 1 "
+                              f"step; got {self.copy_warmup!r} and {self.copy_check!r}")
+        if self.copy_until is not None and not 0.0 < self.copy_until <= 1.0:
+            raise TLSpecError("TrainConfig.copy_until is an induction score (an attention mass) in "
+                              f"(0, 1], or None for a fixed warm-up; got {self.copy_until!r}")
 
     def hf_config(self, tokenizer: Any) -> Any:
         """The Hugging Face config of this architecture for ``tokenizer``."""
