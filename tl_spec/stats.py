@@ -31,6 +31,7 @@ __all__ = [
     "PermutationResult",
     "check_seeds",
     "holm",
+    "interval_records",
     "linear_fit",
     "mean_of_ratios",
     "median_of_ratios",
@@ -76,6 +77,17 @@ class Interval:
         2.5
         """
         return float(self.high - self.low)
+
+
+def interval_records(records: list[dict]) -> list[dict]:
+    """Result rows read back from JSON: each row's ``"interval"`` dict becomes an :class:`Interval`
+    (the decoder of every result whose rows carry one).
+
+    >>> interval_records([{"x": 1, "interval": {"low": 0.0, "high": 1.0, "level": 0.95,
+    ...     "method": "BCa", "fallback_reason": None, "n_resamples": 10}}])[0]["interval"].width
+    1.0
+    """
+    return [{**r, "interval": Interval(**r["interval"])} for r in records]
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from tl_spec.hooks.variants import FORMS, VARIANTS, AttentionVariant, resolve_va
 from tl_spec.metrics.specialization import si_from_correlations
 from tl_spec.models import can_start_at_layer, model_id, require_pattern_hooks
 from tl_spec.results import Result, array, provenance
-from tl_spec.stats import Interval, paired_bootstrap
+from tl_spec.stats import interval_records, paired_bootstrap
 from tl_spec.tokens import pad_batch, pad_id, tokenize, validate_prompts
 
 __all__ = ["DeconstructResult", "deconstruct", "expand_placements"]
@@ -58,9 +58,6 @@ def expand_placements(placements: Sequence[Any], n_layers: int) -> list[tuple[st
     return out
 
 
-def _records(value: Any) -> Any:
-    return [{**r, "interval": Interval(**r["interval"])} for r in value]
-
 
 @dataclass
 class DeconstructResult(Result):
@@ -72,7 +69,7 @@ class DeconstructResult(Result):
     """
 
     kind = "deconstruct"
-    decoders = {"rows": _records, "clean_si": array, "clean_text_loss": array}
+    decoders = {"rows": interval_records, "clean_si": array, "clean_text_loss": array}
     model: str
     clean_loss: float
     clean_ppl: float

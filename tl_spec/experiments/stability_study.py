@@ -25,7 +25,7 @@ from tl_spec.errors import TLSpecError
 from tl_spec.experiments.importance import head_importance
 from tl_spec.experiments.stability import MEASURES, StabilityResult, head_stability
 from tl_spec.results import Result, provenance
-from tl_spec.stats import Interval, paired_bootstrap
+from tl_spec.stats import Interval, interval_records, paired_bootstrap
 from tl_spec.zoo.corpus import heldout_texts
 
 __all__ = ["CLAIMS", "StudyGroup", "StudyResult", "refit_groups", "stability_study"]
@@ -49,16 +49,13 @@ class StudyGroup:
     models: list[Any]
 
 
-def _interval(value: Any) -> Any:
-    return [{**c, "interval": Interval(**c["interval"])} for c in value]
-
 
 @dataclass
 class StudyResult(Result):
     """Per group the stability summary; per claim the effect, interval and verdict."""
 
     kind = "stability_study"
-    decoders = {"claims": _interval}
+    decoders = {"claims": interval_records}
     measure: str
     groups: list[dict[str, Any]]
     claims: list[dict[str, Any]]

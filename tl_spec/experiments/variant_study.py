@@ -24,7 +24,7 @@ from tl_spec.errors import TLSpecError
 from tl_spec.experiments.importance import token_losses
 from tl_spec.experiments.run import model_device
 from tl_spec.results import Result, provenance
-from tl_spec.stats import Interval, paired_bootstrap
+from tl_spec.stats import interval_records, paired_bootstrap
 from tl_spec.tokens import pad_batch, pad_id, tokenize
 
 __all__ = ["VariantStudyResult", "text_losses", "trained_variants_study", "zoo_variant_groups"]
@@ -51,16 +51,13 @@ def text_losses(model: Any, texts: Sequence[str], *, max_length: int = 128,
     return out
 
 
-def _rows(value: Any) -> Any:
-    return [{**r, "interval": Interval(**r["interval"])} for r in value]
-
 
 @dataclass
 class VariantStudyResult(Result):
     """Per (variant, placement): mean loss over seeds and its change against standard [CI]."""
 
     kind = "variant_study"
-    decoders = {"rows": _rows}
+    decoders = {"rows": interval_records}
     standard_loss: float
     standard_seed_losses: list[float]
     rows: list[dict[str, Any]]
