@@ -1,8 +1,8 @@
 """The experiments behind the default zoo's induction-head curriculum (README, "Evidence").
 
 Trains one small Llama-style model on the zoo corpus, optionally mixing in repeated sequences,
-and prints the best induction score every ``--eval`` steps (the score of
-:func:`tl_spec.zoo.evidence.head_scores`, computed on the HF attentions) and the held-out loss at
+and prints the best induction score every ``--eval`` steps
+(:func:`tl_spec.zoo.evidence.induction_scores` on the HF attentions) and the held-out loss at
 the end, one JSON line each. This is the development script as it was run (its optimiser is
 AdamW with torch's default weight decay 0.01 on every parameter; random copy tokens are drawn
 from ids 10 and up), kept so that the README's figures can be reproduced::
@@ -35,22 +35,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_schedule_with_warmup
 
 from tl_spec.zoo.corpus import load_corpus
+from tl_spec.zoo.evidence import induction_scores
 from tl_spec.zoo.registry import model_dir
 from tl_spec.zoo.train import TrainConfig, deterministic, heldout_loss, token_stream
-
-
-def _induction(model, bos: int, vocab: int) -> np.ndarray:
-    gen, out = torch.Generator().manual_seed(0), []
-    model.eval()
-    with torch.no_grad():
-        for _ in range(8):
-            block = torch.randint(10, vocab, (24,), generator=gen)
-            x = torch.cat([torch.tensor([bos]), block, block])[None]
-            q = torch.arange(25, 49)
-            att = model(input_ids=x, output_attentions=True).attentions
-            out.append([a[0][:, q, q - 23].mean(-1).numpy() for a in att])
-    model.train()
-    return np.mean(np.array(out), 0)
 
 
 def _repeats(rng, n: int, kind: str, train: np.ndarray, ctx: int, bos: int, vocab: int):
@@ -93,7 +80,12 @@ def main() -> None:
         rng, data, t0 = np.random.default_rng(0), torch.from_numpy(train), time.time()
         for step in range(a.steps + 1):
             if step % a.eval == 0 or step == a.steps:
-                ind = _induction(model, bos, vocab)
+                model.eval()
+                with torch.no_grad():
+                    ind = induction_scores(
+                        lambda x: model(input_ids=x, output_attentions=True).attentions,
+                        vocab_size=vocab, bos=bos)
+                model.train()
                 print(json.dumps({"tag": a.tag, "step": step, "ind_max": float(ind.max()),
                                   "ind_arg": [int(i) for i in np.unravel_index(ind.argmax(),
                                                                                 ind.shape)],

@@ -16,13 +16,14 @@ span of held-out text and on the same span repeated right after it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from jaxtyping import Float
 
-__all__ = ["head_scores", "repeat_losses"]
+__all__ = ["head_scores", "induction_scores", "repeat_losses"]
 
 
 def _patterns(model: Any, tokens: torch.Tensor) -> list[torch.Tensor]:
@@ -33,6 +34,47 @@ def _patterns(model: Any, tokens: torch.Tensor) -> list[torch.Tensor]:
     with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
         model(tokens, return_type=None)
     return [grabbed[layer] for layer in range(len(grabbed))]
+
+
+def _heldout_docs(n_texts: int) -> list[str]:
+    from tl_spec.zoo.corpus import load_corpus
+
+    return [d.text for d in load_corpus().heldout if len(d.text) > 400][:n_texts]
+
+
+def induction_scores(
+    attend: Callable[[torch.Tensor], Sequence[torch.Tensor]],
+    *,
+    vocab_size: int,
+    bos: int,
+    n_repeats: int = 8,
+    block: int = 24,
+    seed: int = 0,
+) -> Float[np.ndarray, "n_layers n_heads"]:
+    """Induction score of every head: on ``<bos>`` + a random block (ids ``10..vocab_size-1``)
+    + the same block, the mean attention of the second copy's tokens to the token after their
+    earlier occurrence, averaged over ``n_repeats`` blocks (drawn with their own generator).
+
+    ``attend(tokens)`` runs the model on ``[1, 2 * block + 1]`` tokens and returns one attention
+    pattern ``[1, heads, query, key]`` per layer, from TransformerLens hooks (:func:`head_scores`)
+    or Hugging Face ``output_attentions`` (the zoo's training-time probe).
+
+    >>> uniform = lambda t: [torch.tril(torch.ones(1, 2, 49, 49)) / torch.arange(1, 50)[:, None]]
+    >>> scores = induction_scores(uniform, vocab_size=100, bos=1)   # 1 layer, 2 heads
+    >>> scores.shape, round(float(scores[0, 0]), 3)      # mean of 1/26 .. 1/49
+    ((1, 2), 0.028)
+    """
+    gen = torch.Generator().manual_seed(seed)
+    # second copy: positions block+1 .. 2*block; the earlier occurrence of position i is
+    # i - block, and the token after it is i - block + 1
+    q = torch.arange(block + 1, 2 * block + 1)
+    scores = []
+    for _ in range(n_repeats):
+        rand = torch.randint(10, vocab_size, (block,), generator=gen)
+        patterns = attend(torch.cat([torch.tensor([bos]), rand, rand])[None])
+        scores.append(torch.stack([p[0][:, q, q - block + 1].float().mean(-1).cpu()
+                                   for p in patterns]))
+    return torch.stack(scores).mean(0).numpy()
 
 
 def head_scores(
@@ -49,29 +91,17 @@ def head_scores(
     >>> head_scores(model)["previous_token"].shape  # doctest: +SKIP
     (4, 8)
     """
-    from tl_spec.zoo.corpus import load_corpus
-
-    docs = [d.text for d in load_corpus().heldout if len(d.text) > 400][:n_texts]
     prev = []
-    for text in docs:
+    for text in _heldout_docs(n_texts):
         tokens = model.to_tokens(text)[:, :text_tokens]
         pats = _patterns(model, tokens)
         prev.append([p[0].diagonal(offset=-1, dim1=-2, dim2=-1).mean(-1).cpu().numpy()
                      for p in pats])
-    gen = torch.Generator().manual_seed(seed)
-    vocab = int(model.cfg.d_vocab)
-    ind = []
-    for _ in range(n_repeats):
-        rand = torch.randint(10, vocab, (block,), generator=gen)
-        bos = model.to_tokens("")[0, :1]
-        tokens = torch.cat([bos, rand, rand])[None]
-        pats = _patterns(model, tokens)
-        # second copy: positions block+1 .. 2*block; the earlier occurrence of position i is
-        # i - block, and the token after it is i - block + 1
-        q = torch.arange(block + 1, 2 * block + 1)
-        ind.append([p[0][:, q, q - block + 1].mean(-1).cpu().numpy() for p in pats])
-    return {"previous_token": np.mean(np.array(prev), axis=0),
-            "induction": np.mean(np.array(ind), axis=0)}
+    induction = induction_scores(lambda tokens: _patterns(model, tokens),
+                                 vocab_size=int(model.cfg.d_vocab),
+                                 bos=int(model.to_tokens("")[0, 0]), n_repeats=n_repeats,
+                                 block=block, seed=seed)
+    return {"previous_token": np.mean(np.array(prev), axis=0), "induction": induction}
 
 
 def repeat_losses(model: Any, *, n_texts: int = 32, span: int = 32) -> dict[str, float]:
@@ -84,11 +114,8 @@ def repeat_losses(model: Any, *, n_texts: int = 32, span: int = 32) -> dict[str,
     >>> losses["second"] < losses["first"]                # doctest: +SKIP
     True
     """
-    from tl_spec.zoo.corpus import load_corpus
-
-    docs = [d.text for d in load_corpus().heldout if len(d.text) > 400][:n_texts]
     first, second = [], []
-    for text in docs:
+    for text in _heldout_docs(n_texts):
         tokens = model.to_tokens(text)[:, : span + 1]
         seq = torch.cat([tokens, tokens[:, 1:]], dim=1)
         with torch.inference_mode():

@@ -180,26 +180,19 @@ def copy_sequences(
 
 
 @torch.no_grad()
-def induction_probe(model: Any, *, vocab_size: int, bos: int, n_repeats: int = 8, block: int = 24,
-                    seed: int = 0) -> float:
-    """Best induction score of a Hugging Face model (eager attention): on ``<bos>`` + a random
-    block + the same block, the mean attention of the second copy's tokens to the token after
-    their earlier occurrence, for the best head. The rule of
-    :func:`tl_spec.zoo.evidence.head_scores`; its own generator, so training draws are untouched.
+def induction_probe(model: Any, *, vocab_size: int, bos: int) -> float:
+    """Best induction score of a Hugging Face model (eager attention), by the rule and on the
+    sequences of :func:`tl_spec.zoo.evidence.induction_scores`; its own generator, so training
+    draws are untouched.
     """
-    gen = torch.Generator().manual_seed(seed)
+    from tl_spec.zoo.evidence import induction_scores
+
     was_training = model.training
     model.eval()
-    q = torch.arange(block + 1, 2 * block + 1)
-    scores = []
-    for _ in range(n_repeats):
-        rand = torch.randint(10, vocab_size, (block,), generator=gen)
-        x = torch.cat([torch.tensor([bos]), rand, rand])[None]
-        att = model(input_ids=x, output_attentions=True).attentions
-        scores.append(torch.stack([a[0][:, q, q - block + 1].float().mean(-1) for a in att]))
-    best = torch.stack(scores).mean(0).max()
+    scores = induction_scores(lambda x: model(input_ids=x, output_attentions=True).attentions,
+                              vocab_size=vocab_size, bos=bos)
     model.train(was_training)
-    return float(best)
+    return float(scores.max())
 
 
 def unigram_baseline(train: np.ndarray, heldout: np.ndarray, vocab_size: int) -> float:
