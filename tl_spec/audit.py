@@ -457,7 +457,7 @@ def run_audit(args: argparse.Namespace) -> int:
         if args.json == "-":
             sys.stdout.write(payload)
         else:
-            from tl_spec.results import atomic_write_text  # imports torch: only when writing
+            from tl_spec.fileio import atomic_write_text  # imports torch: only when writing
 
             atomic_write_text(args.json, payload)
             print(f"wrote {args.json}", file=sys.stderr)

@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _emit_json(payload: str, target: str | None) -> None:
-    from tl_spec.results import atomic_write_text
+    from tl_spec.fileio import atomic_write_text
 
     if target == "-":
         sys.stdout.write(payload)
@@ -495,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
-        from tl_spec.results import versions
+        from tl_spec.records import versions
 
         print(json.dumps(versions(), indent=1))
         return 0

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tl_spec.errors import TLSpecError, TLSpecWarning
-from tl_spec.results import atomic_write_text
+from tl_spec.fileio import atomic_write_text
 
 __all__ = ["run_demo"]
 

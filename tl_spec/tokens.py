@@ -1,8 +1,12 @@
-"""Tokenization, truncation, length-bucketed batches with padding masks.
+"""Prompt inputs (text or token ids), tokenization, truncation, length-bucketed padded batches.
 
-Prompts are tokenized one by one with the model's own ``to_tokens`` (so BOS follows the model's
-TransformerLens default unless told otherwise), truncated to ``max_length`` with a count and a
-warning, then grouped by length into padded batches with an attention mask (1 = real token).
+Every experiment takes its prompts through :func:`prepare_inputs`: a list of strings (or a
+:class:`~tl_spec.prompts.PromptSet`) is tokenized one prompt at a time with the model's own
+``to_tokens`` (so BOS follows the model's TransformerLens default unless told otherwise); a
+``[batch, pos]`` integer tensor (with an optional ``attention_mask``, any padding side) or a list
+of 1-D tensors is used as given, so no tokenizer is needed. Either way prompts are truncated to
+``max_length`` with a warning, and the token ids are hashed for provenance. Batches are then
+grouped by length and padded, with an attention mask (1 = real token).
 
 >>> tok = tokenize(model, ["Hello world"], max_length=128)  # doctest: +SKIP
 >>> for idx, tokens, mask in batches(tok, batch_size=8, pad_id=0): ...  # doctest: +SKIP
@@ -10,6 +14,7 @@ warning, then grouped by length into padded batches with an attention mask (1 = 
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import warnings
 from collections.abc import Iterator, Sequence
@@ -20,20 +25,28 @@ import torch
 from jaxtyping import Bool, Int
 
 from tl_spec.errors import TLSpecError, TLSpecWarning
+from tl_spec.options.si import PaddingSide
+from tl_spec.prompts import PromptSet, as_prompt_set
 
 __all__ = [
+    "Inputs",
     "PaddingSide",
+    "PromptInput",
     "Tokenized",
     "batches",
     "pad_batch",
     "pad_id",
     "plan_batches",
+    "prepare_inputs",
     "real_tokens",
+    "token_ids_sha256",
     "tokenize",
     "validate_prompts",
 ]
 
-PaddingSide = Literal["left", "right"]
+#: What every experiment accepts as prompts: strings, a PromptSet, a ``[batch, pos]`` integer
+#: tensor (with an optional attention mask) or a list of 1-D integer tensors.
+PromptInput = Any
 
 
 @dataclass(frozen=True)
@@ -42,7 +55,7 @@ class Tokenized:
 
     ids: tuple[tuple[int, ...], ...]
     n_truncated: int
-    prepend_bos: bool
+    prepend_bos: bool | None  # None: token ids given by the caller, used as they are
     max_length: int
 
     @property
@@ -115,6 +128,186 @@ def tokenize(
             stacklevel=3,
         )
     return Tokenized(tuple(ids), truncated, prepend_bos, max_length)
+
+
+def token_ids_sha256(ids: Sequence[Sequence[int]]) -> str:
+    """SHA-256 of token ids: rows of comma-joined decimal ids, joined by newlines.
+
+    >>> token_ids_sha256([[1, 2], [3]]) == hashlib.sha256(b"1,2\\n3").hexdigest()
+    True
+    """
+    text = "\n".join(",".join(str(int(t)) for t in row) for row in ids)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Prompts ready to run: token ids per prompt, the texts (``None`` for token input), provenance.
+
+    ``info`` is the provenance record of the prompts: the prompt set's name and hashes for text
+    input, ``source="token ids"`` for token input, and ``token_ids_sha256`` (of the ids as run,
+    after truncation) for both.
+    """
+
+    tokenized: Tokenized
+    texts: tuple[str, ...] | None
+    info: dict[str, Any]
+
+    @property
+    def from_tokens(self) -> bool:
+        """Whether the prompts came as token ids (no tokenizer involved)."""
+        return self.texts is None
+
+    def __len__(self) -> int:
+        return len(self.tokenized.ids)
+
+
+def _is_int_tensor(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and not x.is_floating_point() and not x.is_complex() \
+        and x.dtype != torch.bool
+
+
+def _token_rows(prompts: Any, attention_mask: Any) -> list[list[int]]:
+    """Token ids per prompt from a 2-D tensor (+ mask) or a list of 1-D tensors, checked."""
+    if isinstance(prompts, torch.Tensor):
+        if not _is_int_tensor(prompts) or prompts.ndim != 2:
+            raise TLSpecError(
+                f"token input must be a [batch, pos] integer tensor, got a {prompts.ndim}-D "
+                f"{prompts.dtype} tensor of shape {tuple(prompts.shape)}; a single prompt's ids "
+                "go in as tokens[None] (shape [1, pos])"
+            )
+        rows = prompts.detach().cpu()
+        if attention_mask is None:
+            return [r.tolist() for r in rows]
+        mask = torch.as_tensor(attention_mask).detach().cpu()
+        if tuple(mask.shape) != tuple(rows.shape):
+            raise TLSpecError(
+                f"attention_mask has shape {tuple(mask.shape)} but the tokens are "
+                f"{tuple(rows.shape)}; pass the mask that came with these tokens (1 = real token)"
+            )
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise TLSpecError("attention_mask must hold only 0 (padding) and 1 (real token)")
+        out = []
+        for i, (r, m) in enumerate(zip(rows, mask.bool())):
+            pos = torch.nonzero(m).flatten()
+            if pos.numel() and int(pos[-1] - pos[0]) + 1 != pos.numel():
+                raise TLSpecError(
+                    f"attention_mask row {i} has padding between real tokens; tl_spec takes "
+                    "left- or right-padded rows (one run of real tokens per row)"
+                )
+            out.append(r[m].tolist())
+        return out
+    if attention_mask is not None:
+        raise TLSpecError(
+            "attention_mask goes with a [batch, pos] token tensor; for text prompts or a list of "
+            "1-D token tensors leave it None (their lengths are known)"
+        )
+    out = []
+    for i, row in enumerate(prompts):
+        if not _is_int_tensor(row) or row.ndim != 1:
+            raise TLSpecError(
+                f"prompt {i} is not a 1-D integer tensor ({type(row).__name__}); a list of token "
+                "tensors must hold one 1-D tensor of ids per prompt"
+            )
+        out.append(row.detach().cpu().tolist())
+    return out
+
+
+def _is_token_input(prompts: Any) -> bool:
+    if isinstance(prompts, torch.Tensor):
+        return True
+    if isinstance(prompts, (str, bytes, PromptSet)) or not isinstance(prompts, Sequence):
+        return False
+    return len(prompts) > 0 and all(isinstance(p, torch.Tensor) for p in prompts)
+
+
+def prepare_inputs(
+    model: Any,
+    prompts: PromptInput,
+    *,
+    attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
+    max_length: int,
+    prepend_bos: bool | None = None,
+    min_tokens: int = 2,
+) -> Inputs:
+    """Validate and tokenize ``prompts`` (text or token ids) for a run on ``model``.
+
+    Args:
+        model: the TransformerLens model (its ``to_tokens`` for text; ``cfg.d_vocab`` to check ids).
+        prompts: a list of strings, a :class:`~tl_spec.prompts.PromptSet`, a ``[batch, pos]``
+            integer tensor or a list of 1-D integer tensors.
+        attention_mask: with a token tensor, 1 on real tokens and 0 on padding (either side).
+        max_length: longer prompts are truncated, with a warning.
+        prepend_bos: for text only (``None``: the model's default); token ids are used as given.
+        min_tokens: prompts with fewer tokens are refused.
+
+    Returns:
+        :class:`Inputs` with the token ids per prompt, the texts and the provenance record.
+
+    >>> import torch
+    >>> from types import SimpleNamespace
+    >>> m = SimpleNamespace(cfg=SimpleNamespace(d_vocab=10))
+    >>> ids = torch.tensor([[1, 5, 6], [1, 7, 0]])
+    >>> prepare_inputs(m, ids, attention_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]),
+    ...                max_length=8).tokenized.ids
+    ((1, 5, 6), (1, 7))
+    """
+    if not _is_token_input(prompts):
+        if attention_mask is not None:
+            raise TLSpecError(
+                "attention_mask goes with a [batch, pos] token tensor, not with text prompts; "
+                "text prompts are tokenized and masked by tl_spec"
+            )
+        pset = as_prompt_set(prompts) if isinstance(prompts, PromptSet) else None
+        texts = validate_prompts(pset.prompts if pset else prompts)
+        tokenized = tokenize(model, texts, max_length=max_length, prepend_bos=prepend_bos,
+                             min_tokens=min_tokens)
+        info = dict((pset or as_prompt_set(texts)).hashes())
+        info["token_ids_sha256"] = token_ids_sha256(tokenized.ids)
+        return Inputs(tokenized, tuple(texts), info)
+    if prepend_bos is not None:
+        raise TLSpecError(
+            "prepend_bos applies to text prompts; token ids are used exactly as given (add or "
+            "drop the BOS id in the tensor itself), so leave prepend_bos=None"
+        )
+    if not isinstance(max_length, int) or max_length < 2:
+        raise TLSpecError(
+            f"max_length must be an integer >= 2 (a pattern needs two tokens), got {max_length!r}"
+        )
+    rows = _token_rows(prompts, attention_mask)
+    if not rows:
+        raise TLSpecError("the token input holds no prompts; pass at least one row of ids")
+    d_vocab = getattr(getattr(model, "cfg", None), "d_vocab", None)
+    ids: list[tuple[int, ...]] = []
+    truncated = 0
+    for i, row in enumerate(rows):
+        if len(row) > max_length:
+            truncated += 1
+            row = row[:max_length]
+        if len(row) < min_tokens:
+            raise TLSpecError(
+                f"prompt {i} has {len(row)} real token(s); attention statistics need at least "
+                f"{min_tokens}. Drop it or check its attention_mask row."
+            )
+        bad = [t for t in row if t < 0 or (d_vocab is not None and t >= int(d_vocab))]
+        if bad:
+            raise TLSpecError(
+                f"prompt {i} holds token id {bad[0]}, outside the model's vocabulary "
+                f"(0..{int(d_vocab) - 1 if d_vocab else '?'}); were these ids made by another "
+                "tokenizer?"
+            )
+        ids.append(tuple(int(t) for t in row))
+    if truncated:
+        warnings.warn(
+            f"{truncated} of {len(ids)} prompts were longer than max_length={max_length} tokens "
+            "and were truncated; raise max_length to keep them whole.",
+            TLSpecWarning,
+            stacklevel=2,
+        )
+    tokenized = Tokenized(tuple(ids), truncated, None, max_length)
+    info = {"name": "token ids", "n_prompts": len(ids), "source": "token ids",
+            "token_ids_sha256": token_ids_sha256(tokenized.ids)}
+    return Inputs(tokenized, None, info)
 
 
 def pad_id(model: Any) -> int:

@@ -33,7 +33,7 @@ from tl_spec.hooks.capture import PatternStats
 from tl_spec.hooks.variants import FORMS, VARIANTS, AttentionVariant, resolve_variant_layers, static_patterns
 from tl_spec.metrics.specialization import si_from_correlations
 from tl_spec.models import can_start_at_layer, model_id, require_pattern_hooks
-from tl_spec.results import Result, array, provenance
+from tl_spec.records import Result, array, provenance
 from tl_spec.stats import interval_records, paired_bootstrap
 from tl_spec.tokens import pad_batch, pad_id, tokenize, validate_prompts
 

@@ -24,7 +24,7 @@ from tl_spec.experiments.si import SIResult, check_options, specialization_index
 from tl_spec.metrics.specialization import si_value_from_prompts
 from tl_spec.models import describe, require_pattern_hooks
 from tl_spec.prompts import PromptSet, as_prompt_set
-from tl_spec.results import Result, array
+from tl_spec.records import Result, array
 from tl_spec.stats import Interval, holm, paired_bootstrap, paired_permutation_test
 from tl_spec.tokens import tokenize, validate_prompts
 
@@ -254,7 +254,7 @@ def provenance_pair(base: SIResult, tuned: SIResult, options: dict[str, Any]) ->
     """Provenance of a comparison: versions and time now, and each model's own record."""
     import datetime as _dt
 
-    from tl_spec.results import jsonable, versions
+    from tl_spec.records import jsonable, versions
 
     keys = ("backend", "model", "model_config_hash", "dtype", "device", "prompts")
     return jsonable({

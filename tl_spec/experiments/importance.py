@@ -25,7 +25,7 @@ from jaxtyping import Float
 from tl_spec.errors import TLSpecError
 from tl_spec.experiments.run import model_device
 from tl_spec.models import can_start_at_layer, model_id, require_pattern_hooks
-from tl_spec.results import Result, array, provenance
+from tl_spec.records import Result, array, provenance
 from tl_spec.tokens import batches, pad_id, tokenize, validate_prompts
 
 __all__ = ["ABLATIONS", "ImportanceResult", "head_importance", "token_losses"]

@@ -25,7 +25,7 @@ from tl_spec.hooks.noising import LayerSpec, check_noise_options, resolve_layers
 from tl_spec.metrics.specialization import prompt_summary, si_value_from_prompts
 from tl_spec.models import describe, require_pattern_hooks
 from tl_spec.prompts import as_prompt_set
-from tl_spec.results import Result, array, provenance
+from tl_spec.records import Result, array, provenance
 from tl_spec.stats import Interval, paired_bootstrap
 from tl_spec.tokens import tokenize, validate_prompts
 

@@ -25,7 +25,7 @@ from tl_spec.experiments.sweep import NoiseCondition, run_sweep
 from tl_spec.hooks.noising import LayerSpec, check_noise_options, resolve_layers
 from tl_spec.models import describe
 from tl_spec.prompts import as_prompt_set
-from tl_spec.results import Result, array, provenance
+from tl_spec.records import Result, array, provenance
 from tl_spec.stats import LinearFit, linear_fit, seed_aggregates
 from tl_spec.tokens import tokenize, validate_prompts
 

@@ -1,5 +1,9 @@
 """The Specialization Index of a model on a prompt set, by any of the three published definitions.
 
+Prompts are text (a list of strings or a PromptSet) or token ids (a ``[batch, pos]`` tensor with
+an optional ``attention_mask``, or a list of 1-D tensors); options are :class:`SIOptions` fields,
+given as keywords or as ``options=``.
+
 >>> from tl_spec import load_model, specialization_index
 >>> from tl_spec.prompts import STANDARD_10
 >>> si = specialization_index(load_model("ckpt_dir"), STANDARD_10, method="pattern")  # doctest: +SKIP
@@ -11,7 +15,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +24,6 @@ from jaxtyping import Float
 from tl_spec.errors import TLSpecError, TLSpecWarning
 from tl_spec.experiments.run import run_batches
 from tl_spec.hooks.capture import PatternStats
-from tl_spec.metrics.patterns import Region, check_region
 from tl_spec.metrics.specialization import (
     corrcoef_rows,
     gqa_group_split,
@@ -29,23 +32,23 @@ from tl_spec.metrics.specialization import (
     si_from_row_entropy,
 )
 from tl_spec.models import describe, require_pattern_hooks
-from tl_spec.prompts import PromptSet, as_prompt_set
-from tl_spec.results import Result, array, provenance
-from tl_spec.tokens import PaddingSide, tokenize, validate_prompts
+from tl_spec.names import head_label, head_labels
+from tl_spec.options.si import METHODS, Aggregate, Method, Region, SIOptions
+from tl_spec.records import Result, array, provenance
+from tl_spec.tokens import Inputs, PromptInput, prepare_inputs
 
 __all__ = [
     "METHODS",
     "Aggregate",
     "Method",
+    "SIOptions",
     "SIResult",
     "check_options",
     "head_labels",
+    "si_from_inputs",
     "specialization_index",
 ]
 
-Method = Literal["pattern", "entropy_profile", "normalized_entropy"]
-Aggregate = Literal["prompt", "mean_pattern"]
-METHODS: tuple[str, ...] = ("pattern", "entropy_profile", "normalized_entropy")
 _STAT_FOR = {"pattern": "correlation", "entropy_profile": "column_entropy",
              "normalized_entropy": "row_entropy"}
 _PER_HEAD_MEANING = {
@@ -55,16 +58,7 @@ _PER_HEAD_MEANING = {
 }
 
 
-def head_labels(n_layers: int, n_heads: int) -> list[list[str]]:
-    """``"L{layer}H{head}"`` labels, ``[layers][heads]``.
-
-    >>> head_labels(1, 2)
-    [['L0H0', 'L0H1']]
-    """
-    return [[f"L{layer}H{h}" for h in range(n_heads)] for layer in range(n_layers)]
-
-
-@dataclass
+@dataclass(repr=False)
 class SIResult(Result):
     """SI of one model: model-level ``value``, ``per_layer`` (where the method has one), per head.
 
@@ -104,6 +98,14 @@ class SIResult(Result):
     def n_heads(self) -> int:
         return int(self.per_head.shape[1])
 
+    def headline(self) -> dict[str, Any]:
+        """``{"SI": value, "prompts": n}``."""
+        return {"SI": self.value, "prompts": len(self.tokens)}
+
+    def heat(self) -> tuple[str, np.ndarray, bool | None]:
+        """The per-head score (its meaning depends on the method)."""
+        return _PER_HEAD_MEANING[self.method], self.per_head, False
+
     def top(self, k: int = 5, *, largest: bool = True) -> list[tuple[str, float]]:
         """The ``k`` heads with the largest (or smallest) per-head score, as ``("L3H7", value)``.
 
@@ -114,8 +116,7 @@ class SIResult(Result):
         ok = np.flatnonzero(~np.isnan(flat))
         ranked = ok[np.argsort(flat[ok])]
         picked = ranked[::-1][:k] if largest else ranked[:k]
-        labels = head_labels(self.n_layers, self.n_heads)
-        return [(labels[i // self.n_heads][i % self.n_heads], float(flat[i])) for i in picked]
+        return [(head_label(i // self.n_heads, i % self.n_heads), float(flat[i])) for i in picked]
 
     def to_frame(self) -> Any:
         """Tidy table, one row per head: layer, head, label, per-head scores, layer SI.
@@ -125,13 +126,13 @@ class SIResult(Result):
         import pandas as pd
 
         rows = []
-        labels = head_labels(self.n_layers, self.n_heads)
+        model = (self.model_names() or [None])[0]
         optional = {"head_correlation": self.head_correlation, "within_group": self.within_group,
                     "between_group": self.between_group}
         for layer in range(self.n_layers):
             for head in range(self.n_heads):
-                row = {"model": self.provenance.get("model"), "method": self.method,
-                       "layer": layer, "head": head, "label": labels[layer][head],
+                row = {"model": model, "method": self.method,
+                       "layer": layer, "head": head, "label": head_label(layer, head),
                        "per_head": float(self.per_head[layer, head]),
                        "layer_si": None if self.per_layer is None else float(self.per_layer[layer])}
                 for name, values in optional.items():
@@ -140,9 +141,10 @@ class SIResult(Result):
                 rows.append(row)
         return pd.DataFrame(rows)
 
-    def table(self) -> str:
+    def summary(self) -> str:
         """A per-layer text table and the model-level value."""
-        lines = [f"method: {self.method}  ({_PER_HEAD_MEANING[self.method]} per head)"]
+        lines = [f"SI of {', '.join(self.model_names())}, method: {self.method}  "
+                 f"({_PER_HEAD_MEANING[self.method]} per head)"]
         if self.per_layer is not None:
             lines.append(f"{'layer':>5}  {'SI':>8}  {'min head':>9}  {'max head':>9}")
             for layer, v in enumerate(self.per_layer):
@@ -164,31 +166,11 @@ def check_options(
     max_length: int = 128,
     padding_side: str = "right",
 ) -> None:
-    """Validate SI options without a model, so callers can fail before loading anything.
-
-    >>> check_options("attention_rollout")
-    Traceback (most recent call last):
-    ...
-    tl_spec.errors.TLSpecError: unknown method 'attention_rollout'; choose one of pattern, entropy_profile, normalized_entropy
-    """
-    if method not in METHODS:
-        raise TLSpecError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    check_region(region)
-    if aggregate not in ("prompt", "mean_pattern"):
-        raise TLSpecError(
-            f"unknown aggregate {aggregate!r}; use 'prompt' (correlate per prompt, then average) "
-            "or 'mean_pattern' (the paper's snippet: average patterns over prompts, then correlate)"
-        )
-    if aggregate == "mean_pattern" and method != "pattern":
-        raise TLSpecError(f"aggregate='mean_pattern' applies to method='pattern' only, not {method!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise TLSpecError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if not isinstance(max_length, int) or max_length < 2:
-        raise TLSpecError(
-            f"max_length must be an integer >= 2 (a pattern needs two tokens), got {max_length!r}"
-        )
-    if padding_side not in ("left", "right"):
-        raise TLSpecError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    """Deprecated: build :class:`~tl_spec.options.SIOptions` instead (it validates itself)."""
+    warnings.warn("check_options is deprecated; SIOptions(...) validates itself",
+                  DeprecationWarning, stacklevel=2)
+    SIOptions(method=method, region=region, aggregate=aggregate, batch_size=batch_size,
+              max_length=max_length, padding_side=padding_side)
 
 
 def _mean_pattern_corr(
@@ -235,40 +217,55 @@ def _layer_mean(per_layer: np.ndarray) -> tuple[float, list[int]]:
 
 def specialization_index(
     model: Any,
-    prompts: Sequence[str] | PromptSet,
+    prompts: PromptInput,
     *,
-    method: Method = "pattern",
-    region: Region = "lower",
-    aggregate: Aggregate = "prompt",
-    max_length: int = 128,
-    batch_size: int = 16,
-    prepend_bos: bool | None = None,
-    padding_side: PaddingSide = "right",
-    stat_dtype: torch.dtype = torch.float64,
+    attention_mask: Any = None,
+    options: SIOptions | None = None,
     progress: bool = False,
+    **option_values: Any,
 ) -> SIResult:
-    """Specialization Index of ``model`` on ``prompts`` (GUIDE section 1 definitions, by name).
+    """Specialization Index of ``model`` on ``prompts``, by any of the three published definitions.
 
-    ``method="pattern"``: per prompt and layer, 1 - mean Pearson correlation between heads over the
-    ``region``'s entries; ``.per_layer`` averages prompts, ``.value`` layers. ``aggregate=
-    "mean_pattern"`` is the paper's snippet (average patterns over prompts first).
-    ``"entropy_profile"``: the E11 route behind every published SI (one number per model).
-    ``"normalized_entropy"``: 1 - mean row entropy / ln(n) per layer.
+    ``method="pattern"`` (Eq. 1 of the paper): per prompt and layer, 1 - mean Pearson correlation
+    between heads over the ``region``'s entries; ``.per_layer`` averages prompts, ``.value``
+    layers. ``aggregate="mean_pattern"`` is the paper's snippet (average patterns over prompts
+    first). ``"entropy_profile"``: the route of the E11 notebooks behind every published SI (one
+    number per model). ``"normalized_entropy"``: 1 - mean row entropy / ln(n) per layer.
+
+    Args:
+        model: a ``HookedTransformer`` or ``TransformerBridge`` (or a look-alike).
+        prompts: a list of strings, a PromptSet, a ``[batch, pos]`` token tensor or a list of
+            1-D token tensors (token ids need no tokenizer).
+        attention_mask: with a token tensor, 1 on real tokens (either padding side).
+        options: an :class:`~tl_spec.options.SIOptions`; keyword options override its fields.
+        progress: show a progress bar.
+        **option_values: any :class:`~tl_spec.options.SIOptions` field (``method``, ``region``,
+            ``max_length``, ...).
+
+    Returns:
+        :class:`SIResult`.
 
     >>> r = specialization_index(model, ["The cat sat.", "Dogs bark loudly."])  # doctest: +SKIP
     >>> r.value, r.per_layer  # doctest: +SKIP
     """
-    check_options(method, region, aggregate, batch_size, max_length, padding_side)
-    pset = as_prompt_set(prompts) if isinstance(prompts, PromptSet) else None
-    prompts = validate_prompts(pset.prompts if pset else prompts)
+    opts = SIOptions.build(options, **option_values)
     require_pattern_hooks(model)
-    facts = describe(model, seq_len=max_length)
-    tokenized = tokenize(model, prompts, max_length=max_length, prepend_bos=prepend_bos)
+    inputs = prepare_inputs(model, prompts, attention_mask=attention_mask,
+                            max_length=opts.max_length, prepend_bos=opts.prepend_bos)
+    return si_from_inputs(model, inputs, opts, progress=progress)
+
+
+def si_from_inputs(model: Any, inputs: Inputs, opts: SIOptions, *,
+                   progress: bool = False) -> SIResult:
+    """:func:`specialization_index` on prompts already prepared by :func:`~tl_spec.tokens.prepare_inputs`."""
+    method, region, aggregate = opts.method, opts.region, opts.aggregate
+    facts = describe(model, seq_len=opts.max_length)
+    tokenized = inputs.tokenized
     stat = "mean_pattern" if aggregate == "mean_pattern" else _STAT_FOR[method]
-    stats = PatternStats(model, stats=(stat,), region=region, dtype=stat_dtype,
+    stats = PatternStats(model, stats=(stat,), region=region, dtype=opts.torch_dtype,
                          max_positions=max(tokenized.lengths))
-    order = run_batches(model, tokenized, stats, batch_size=batch_size,
-                        padding_side=padding_side, progress=progress)
+    order = run_batches(model, tokenized, stats, batch_size=opts.batch_size,
+                        padding_side=opts.padding_side, progress=progress)
     raw = stats.collect()
     inverse = np.argsort(order)
     kv = facts.n_kv_heads
@@ -312,11 +309,9 @@ def specialization_index(
         per_head = per_prompt_head.mean(axis=0)
         value = float(per_layer.mean())
         fields.update(per_prompt=per_prompt, per_prompt_heads=per_prompt_head)
-    prompts_info = (pset or as_prompt_set(prompts)).hashes()
-    settings = dict(method=method, region=region, aggregate=aggregate, max_length=max_length,
-                    batch_size=batch_size, prepend_bos=tokenized.prepend_bos,
-                    padding_side=padding_side, stat_dtype=str(stat_dtype),
-                    n_prompts=len(prompts), n_truncated=tokenized.n_truncated,
+    settings = dict(opts.to_dict(), prepend_bos=tokenized.prepend_bos,
+                    n_prompts=len(tokenized.ids), n_truncated=tokenized.n_truncated,
+                    input="token ids" if inputs.from_tokens else "text",
                     per_head_meaning=_PER_HEAD_MEANING[method])
     return SIResult(
         method=method,
@@ -325,7 +320,7 @@ def specialization_index(
         per_head=per_head,
         tokens=[list(t) for t in tokenized.ids],
         settings=settings,
-        provenance=provenance(model, prompts=prompts_info, architecture=facts.to_dict(),
+        provenance=provenance(model, prompts=inputs.info, architecture=facts.to_dict(),
                               options=settings),
         **fields,
     )

@@ -31,7 +31,7 @@ from tl_spec.metrics.patterns import Region, check_region, cross_correlations, e
 from tl_spec.metrics.stability import PooledStats, summarize
 from tl_spec.models import describe, model_id, random_init_like, require_pattern_hooks
 from tl_spec.prompts import PromptSet, as_prompt_set
-from tl_spec.results import Result, array, provenance
+from tl_spec.records import Result, array, provenance
 from tl_spec.stats import Interval, paired_bootstrap
 from tl_spec.tokens import Tokenized, batches, pad_id, tokenize, validate_prompts
 

@@ -24,7 +24,7 @@ import scipy.stats
 from tl_spec.errors import TLSpecError
 from tl_spec.experiments.importance import head_importance
 from tl_spec.experiments.stability import MEASURES, StabilityResult, head_stability
-from tl_spec.results import Result, provenance
+from tl_spec.records import Result, provenance
 from tl_spec.stats import Interval, interval_records, paired_bootstrap
 from tl_spec.zoo.corpus import heldout_texts
 

@@ -23,7 +23,7 @@ import torch
 from tl_spec.errors import TLSpecError
 from tl_spec.experiments.importance import token_losses
 from tl_spec.experiments.run import model_device
-from tl_spec.results import Result, provenance
+from tl_spec.records import Result, provenance
 from tl_spec.stats import interval_records, paired_bootstrap
 from tl_spec.tokens import pad_batch, pad_id, tokenize
 

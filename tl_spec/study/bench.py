@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(runs if len(runs) > 1 else runs[0], indent=1)
     print(text)
     if args.json:
-        from tl_spec.results import atomic_write_text
+        from tl_spec.fileio import atomic_write_text
 
         atomic_write_text(args.json, text + "\n")
     return 0

@@ -85,7 +85,7 @@ def _plan(args: argparse.Namespace) -> int:
         return 0
     print(p.table())
     if args.json:
-        from tl_spec.results import atomic_write_text
+        from tl_spec.fileio import atomic_write_text
 
         atomic_write_text(args.json, p.to_json())
         print(f"wrote {args.json}", file=sys.stderr)

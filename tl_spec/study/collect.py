@@ -306,7 +306,7 @@ def collect(study: Study, *, out: str | os.PathLike[str] | None = None, report: 
     ``<store>/collected``). ``report_cells``: at most that many per-cell result sections follow
     the summary in the report.
     """
-    from tl_spec.results import atomic_write_bytes, atomic_write_text
+    from tl_spec.fileio import atomic_write_bytes, atomic_write_text
 
     if not isinstance(report_cells, int) or report_cells < 0:
         raise TLSpecError(f"report_cells must be an integer >= 0, got {report_cells!r}")

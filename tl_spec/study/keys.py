@@ -48,7 +48,7 @@ def canonical(value: Any) -> str:
 
 def number_versions() -> dict[str, str]:
     """Versions of the packages that affect the numbers (tl_spec's provenance list, less Python)."""
-    from tl_spec.results import versions
+    from tl_spec.records import versions
 
     return {k: v for k, v in versions().items() if k != "python"}
 
@@ -89,7 +89,7 @@ class IdentityCache:
     def save(self) -> None:
         """Write the cache (atomically) if it learned something and has a path."""
         if self.path and self.dirty:
-            from tl_spec.results import atomic_write_text
+            from tl_spec.fileio import atomic_write_text
 
             atomic_write_text(self.path, json.dumps(self.entries, indent=0, sort_keys=True))
             self.dirty = False

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tl_spec.results import atomic_write_text
+from tl_spec.fileio import atomic_write_text
 from tl_spec.study.keys import IdentityCache
 
 __all__ = ["MARKER", "Store"]

@@ -27,7 +27,7 @@ import numpy as np
 from jaxtyping import Float
 
 from tl_spec.errors import TLSpecError
-from tl_spec.viz.colors import OKABE_ITO, oklch_to_hex
+from tl_spec.colors import OKABE_ITO, oklch_to_hex
 
 __all__ = [
     "FigureData",
@@ -351,7 +351,7 @@ def save(
     """
     import matplotlib
 
-    from tl_spec.results import atomic_write_bytes, atomic_write_text
+    from tl_spec.fileio import atomic_write_bytes, atomic_write_text
 
     base = Path(path_without_ext)
     if base.suffix.lower() in (".png", ".svg"):

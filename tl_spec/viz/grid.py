@@ -25,7 +25,7 @@ import numpy as np
 from jaxtyping import Float
 
 from tl_spec.errors import TLSpecError
-from tl_spec.viz.colors import ColorScale, oklch_to_hex, text_color
+from tl_spec.colors import ColorScale, oklch_to_hex, text_color
 from tl_spec.viz.html import data_script, esc, page, runtime_tags
 from tl_spec.viz.patterns import MAX_TOKENS, PatternSet, capture_patterns, check_decimals
 
@@ -241,7 +241,7 @@ class HeadGrid:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`to_page` to ``path`` atomically; returns the path."""
-        from tl_spec.results import atomic_write_text
+        from tl_spec.fileio import atomic_write_text
 
         target = Path(path)
         if target.is_dir():

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tl_spec.errors import TLSpecError
-from tl_spec.results import jsonable
+from tl_spec.records import jsonable
 from tl_spec.viz.assets import CSS, GRID_JS
 
 __all__ = [

@@ -169,7 +169,7 @@ def write_report(
     >>> write_report(["si.json"], "out", model="ckpt_dir")   # doctest: +SKIP
     PosixPath('out/report.html')
     """
-    from tl_spec.results import atomic_write_text
+    from tl_spec.fileio import atomic_write_text
 
     check_decimals(decimals)
     loaded = _check_inputs(results, out_dir, model, tuned_model, prompt)
