@@ -8,7 +8,7 @@ study files. Pass one as ``options=`` or give the same names as keyword argument
 'entropy_profile'
 """
 
-from tl_spec.options.base import Options, check_choice, check_number, option
+from tl_spec.options.base import Options, check_choice, check_number, option, split_options
 from tl_spec.options.si import (
     METHODS,
     Aggregate,
@@ -21,4 +21,5 @@ from tl_spec.options.si import (
 )
 
 __all__ = ["METHODS", "Aggregate", "Method", "Options", "PaddingSide", "Region", "SIOptions",
-           "StatDtype", "StatsOptions", "check_choice", "check_number", "option"]
+           "StatDtype", "StatsOptions", "check_choice", "check_number", "option",
+           "split_options"]

@@ -31,7 +31,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from tl_spec.errors import TLSpecError
 
-__all__ = ["Options", "check_choice", "check_number", "option"]
+__all__ = ["Options", "check_choice", "check_number", "option", "split_options"]
 
 O = TypeVar("O", bound="Options")
 
@@ -250,3 +250,30 @@ def _shown(value: Any) -> str:
     if isinstance(value, tuple):
         return ",".join(str(v) for v in value) or "none"
     return str(value)
+
+
+def split_options(values: Mapping[str, Any], *families: tuple[type[Options], Any]) -> list[Any]:
+    """Build several option families from one set of keyword values.
+
+    ``families`` are ``(OptionsClass, given_instance_or_None)`` pairs; each keyword goes to the
+    family that declares it, and a keyword no family declares is refused, naming them all.
+
+    >>> from tl_spec.options.si import SIOptions, StatsOptions
+    >>> si, st = split_options({"method": "entropy_profile", "seed": 3},
+    ...                        (SIOptions, None), (StatsOptions, None))
+    >>> si.method, st.seed
+    ('entropy_profile', 3)
+    """
+    rest = dict(values)
+    out = []
+    for cls, given in families:
+        ours, rest = cls.split(rest)
+        out.append(cls.build(given, **ours))
+    if rest:
+        name = next(iter(rest))
+        valid = [n for cls, _ in families for n in cls.names()]
+        close = difflib.get_close_matches(name, valid, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise TLSpecError(f"unknown option {name!r}{hint}; valid options here: {', '.join(valid)}")
+    return out
+
