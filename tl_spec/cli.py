@@ -13,15 +13,31 @@ from collections.abc import Sequence
 from typing import Any
 
 from tl_spec.errors import TLSpecError
+from tl_spec.options import SIOptions, StatsOptions
 
 __all__ = ["build_parser", "main"]
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="local Hugging Face checkpoint directory or hub name (online)")
-    p.add_argument("--backend", default="auto", choices=("auto", "bridge", "hooked"))
+    p.add_argument("model", help="local Hugging Face checkpoint directory, zoo model name "
+                   "(`tl-spec zoo list`) or hub name (online)")
+    _add_loading_args(p)
+
+
+def _add_loading_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="auto", choices=("auto", "bridge", "hooked"),
+                   help="TransformerLens backend (default: auto)")
     p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16, float64")
     p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, ...")
+
+
+def _add_prompt_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompts", default=None,
+                   help="prompt file (numbered 'N. text' or one per line) (default: Standard-10)")
+    p.add_argument("--prompts-md5", default=None,
+                   help="expected MD5 of '|||'.join(prompts) (default: not checked)")
+    p.add_argument("--prompts-sha256", default=None,
+                   help="expected SHA-256 of the file (default: not checked)")
 
 
 def _add_noise_args(p: argparse.ArgumentParser) -> None:
@@ -73,41 +89,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     si = sub.add_parser("si", help="Specialization Index of one model")
     _add_model_args(si)
-    si.add_argument("--method", default="pattern",
-                    choices=("pattern", "entropy_profile", "normalized_entropy"))
-    si.add_argument("--region", default="lower", choices=("lower", "full"))
-    si.add_argument("--aggregate", default="prompt", choices=("prompt", "mean_pattern"))
-    si.add_argument("--prompts", default=None,
-                    help="prompt file (numbered 'N. text' or one per line); default Standard-10")
-    si.add_argument("--prompts-md5", default=None, help="expected MD5 of '|||'.join(prompts)")
-    si.add_argument("--prompts-sha256", default=None, help="expected SHA-256 of the file")
-    si.add_argument("--max-length", type=int, default=128)
-    si.add_argument("--batch-size", type=int, default=16)
-    si.add_argument("--padding-side", default="right", choices=("right", "left"))
+    SIOptions.add_arguments(si, exclude=("stat_dtype",))
+    _add_prompt_args(si)
     si.add_argument("--json", default=None, metavar="PATH|-",
                     help="write the result as JSON (atomically) to PATH, or to stdout with -")
 
     dl = sub.add_parser("delta", help="ΔSI between a base model and its tuned twin, with statistics")
-    dl.add_argument("base", help="base model: checkpoint directory or hub name")
+    dl.add_argument("base", help="base model: checkpoint directory, zoo name or hub name")
     dl.add_argument("tuned", help="tuned model (same architecture)")
-    dl.add_argument("--backend", default="auto", choices=("auto", "bridge", "hooked"))
-    dl.add_argument("--dtype", default=None)
-    dl.add_argument("--device", default=None)
-    dl.add_argument("--method", default="pattern",
-                    choices=("pattern", "entropy_profile", "normalized_entropy"))
-    dl.add_argument("--region", default="lower", choices=("lower", "full"))
-    dl.add_argument("--prompts", default=None, help="prompt file; default Standard-10")
-    dl.add_argument("--prompts-md5", default=None)
-    dl.add_argument("--max-length", type=int, default=128)
-    dl.add_argument("--confidence", type=float, default=0.95)
-    dl.add_argument("--n-resamples", type=int, default=10_000)
-    dl.add_argument("--seed", type=int, default=0)
+    _add_loading_args(dl)
+    SIOptions.add_arguments(dl, exclude=("stat_dtype", "aggregate"))
+    StatsOptions.add_arguments(dl)
+    _add_prompt_args(dl)
     dl.add_argument("--chat-template", nargs="?", const="tokenizer", default=None,
                     metavar="FILE",
                     help="wrap prompts for the tuned model in its tokenizer's chat template, or "
-                         "in the Jinja template read from FILE")
-    dl.add_argument("--allow-different-tokenizers", action="store_true")
-    dl.add_argument("--json", default=None, metavar="PATH|-")
+                         "in the Jinja template read from FILE (default: no template)")
+    dl.add_argument("--allow-different-tokenizers", action="store_true",
+                    help="let each model tokenize the prompts itself (default: refuse models "
+                         "that tokenize differently)")
+    dl.add_argument("--json", default=None, metavar="PATH|-",
+                    help="write the result as JSON (atomically) to PATH, or to stdout with -")
 
     pr = sub.add_parser("probe", help="perturbation probe: SI response to attention-output noise")
     _add_model_args(pr)
@@ -229,27 +231,14 @@ def _emit_json(payload: str, target: str | None) -> None:
 
 
 def _cmd_si(args: argparse.Namespace) -> None:
-    from tl_spec import load_model, specialization_index
-    from tl_spec.experiments.si import check_options
+    from tl_spec.experiments.si import specialization_index
 
-    check_options(args.method, args.region, args.aggregate, args.batch_size, args.max_length,
-                  args.padding_side)
+    options = SIOptions.from_namespace(args)
     pset = _load_prompt_set(args)
-    model = load_model(args.model, backend=args.backend, dtype=args.dtype, device=args.device)
-    result = specialization_index(
-        model,
-        list(pset.prompts),
-        method=args.method,
-        region=args.region,
-        aggregate=args.aggregate,
-        max_length=args.max_length,
-        batch_size=args.batch_size,
-        padding_side=args.padding_side,
-        progress=sys.stderr.isatty(),
-    )
-    result.provenance["prompt_set"] = pset.hashes()
+    model = _load_any(args.model, args)
+    result = specialization_index(model, pset, options=options, progress=sys.stderr.isatty())
     header = f"model: {args.model}  prompts: {pset.name} ({len(pset)})"
-    _report(args, header, result.table(), result)
+    _report(args, header, result.summary(), result)
 
 
 def _report(args: argparse.Namespace, header: str, text: str, result: Any) -> None:
@@ -273,13 +262,12 @@ def _load_prompt_set(args: argparse.Namespace) -> Any:
 def _cmd_delta(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from tl_spec import delta_si, load_model
-    from tl_spec.experiments.delta import check_stats_options
-    from tl_spec.experiments.si import check_options
+    from tl_spec.experiments.delta import delta_si
 
-    check_options(args.method, args.region, "prompt", 16, args.max_length)
+    si_options = SIOptions.from_namespace(args)
+    stats = StatsOptions.from_namespace(args)
     pset = _load_prompt_set(args)
-    check_stats_options(args.confidence, args.n_resamples, len(pset))
+    stats.check_units(len(pset))
     template: bool | str | None = None
     if args.chat_template == "tokenizer":
         template = True
@@ -289,11 +277,10 @@ def _cmd_delta(args: argparse.Namespace) -> None:
             raise TLSpecError(f"--chat-template {path}: no such file (give a Jinja template file, "
                               "or no value to use the tuned tokenizer's own template)")
         template = path.read_text(encoding="utf-8")
-    base = load_model(args.base, backend=args.backend, dtype=args.dtype, device=args.device)
-    tuned = load_model(args.tuned, backend=args.backend, dtype=args.dtype, device=args.device)
-    result = delta_si(base, tuned, pset, method=args.method, region=args.region,
-                      max_length=args.max_length, confidence=args.confidence,
-                      n_resamples=args.n_resamples, seed=args.seed, chat_template=template,
+    base = _load_any(args.base, args)
+    tuned = _load_any(args.tuned, args)
+    result = delta_si(base, tuned, pset, si_options=si_options, stats=stats,
+                      chat_template=template,
                       allow_different_tokenizers=args.allow_different_tokenizers)
     header = f"base: {args.base}\ntuned: {args.tuned}\nprompts: {pset.name} ({len(pset)})"
     _report(args, header, result.summary(), result)

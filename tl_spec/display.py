@@ -88,7 +88,7 @@ def headline_table(title: str, rows: Mapping[str, Any]) -> str:
         f"<td style='padding:1px 0'>{html.escape(fmt(v, 4))}</td></tr>"
         for k, v in rows.items()
     )
-    return (f"<table style='{_CSS}'><caption style='text-align:left;font-weight:600'>"
+    return (f"<table style='{_CSS}'><caption style='text-align:left;font-weight:600;white-space:nowrap'>"
             f"{html.escape(title)}</caption>{body}</table>")
 
 
@@ -104,7 +104,7 @@ def heat_table(values: Float[np.ndarray, "n_layers n_heads"] | Sequence[Sequence
         return ""
     n_layers, n_heads = arr.shape
     scale = ColorScale.for_values(arr, diverging=diverging)
-    cap = (f"<caption style='text-align:left;font-weight:600'>{html.escape(caption)}"
+    cap = (f"<caption style='text-align:left;font-weight:600;white-space:nowrap'>{html.escape(caption)}"
            f"<span style='font-weight:400'> (layers x heads)</span></caption>")
     if arr.size > MAX_HEAT_CELLS:
         with np.errstate(all="ignore"):
@@ -130,7 +130,8 @@ def _cell(scale: ColorScale, value: float, *, str_value: bool, title: str = "") 
     color = scale.color(value)
     bg = color or "#e7e9ec"
     fg = text_color(bg)
-    text = fmt(value, 2) if str_value else ""
+    text = "" if not str_value else (f"{value:.2f}" if math.isfinite(value) and abs(value) < 100
+                                     else fmt(value, 3))
     tip = f" title='{title} {fmt(value, 4)}'" if title and not str_value else ""
     return (f"<td style='background:{bg};color:{fg};padding:1px 4px;min-width:14px;"
             f"text-align:right'{tip}>{text}</td>")

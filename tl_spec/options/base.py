@@ -221,9 +221,10 @@ class Options:
             if f.name in exclude or (only is not None and f.name not in only) or not meta.get("cli", True):
                 continue
             flag = "--" + f.name.replace("_", "-")
-            shown = _shown(f.default)
-            kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS,
-                                      help=f"{meta.get('help', '')} (default: {shown})")
+            text = meta.get("help", "")
+            if "default" not in text:  # a help text may say its default in words
+                text += f" (default: {_shown(f.default)})"
+            kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=text)
             tp = hints.get(f.name)
             choices = _literal_choices(tp)
             if tp is bool or (f.default is None and bool in typing.get_args(tp)):

@@ -1,8 +1,9 @@
 """The experiments a study can run: which function, how many models, where the seed goes.
 
 Each kind maps one cell (models, prompt set, one seed, options) to one call of a public
-tl_spec function. Its options are that function's keyword arguments (read from its signature),
-so the defaults that go into a cell's key are exactly the ones the function would use.
+tl_spec function. Its options are the fields of the function's options classes
+(:mod:`tl_spec.options`, the single source of every default) plus a few keyword arguments of the
+function itself, so the defaults that go into a cell's key are exactly the ones the function uses.
 
 >>> KINDS["probe"].seed_param, KINDS["delta"].arity
 ('seeds', 'twin')
@@ -22,25 +23,33 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tl_spec.errors import TLSpecError
+from tl_spec.options.base import split_options
 
 __all__ = ["KINDS", "Arity", "Kind", "run_kind"]
 
 Arity = Literal["one", "twin", "group"]
-# keyword arguments that never change the numbers (or cannot be written in a study file)
+# options that never change the numbers (or cannot be written in a study file)
 _NOT_OPTIONS = frozenset({"progress", "stat_dtype"})
-# delta_si passes these on to specialization_index
-_SI_OPTIONS = ("region", "aggregate", "max_length", "batch_size", "prepend_bos", "padding_side")
+_SI = "tl_spec.options.si:SIOptions"
+_STATS = "tl_spec.options.si:StatsOptions"
+# kinds whose intervals resample prompts (so they need two or more)
+_PROMPT_RESAMPLING = ("delta", "probe")
 
 
 @dataclass(frozen=True)
 class Kind:
-    """An experiment kind: ``func`` (``module:name``), arity, seed parameter, default prompts."""
+    """An experiment kind: ``func`` (``module:name``), arity, seed parameter, default prompts.
+
+    ``families`` name the options classes (``module:Class``) whose fields are the kind's options;
+    ``extra`` are keyword arguments of the function itself that a study may set.
+    """
 
     name: str
     func: str
     arity: Arity
     seed_param: str | None
     default_prompts: str
+    families: tuple[str, ...] = ()
     extra: tuple[str, ...] = ()
     help: str = ""
 
@@ -48,26 +57,39 @@ class Kind:
         module, _, name = self.func.partition(":")
         return getattr(importlib.import_module(module), name)
 
-    def defaults(self) -> dict[str, Any]:
-        """Keyword options and their defaults (the seed parameter excluded)."""
-        out = {}
-        sig = inspect.signature(self.function())
-        for p in sig.parameters.values():
-            skip = p.name in _NOT_OPTIONS or p.name == self.seed_param
-            if p.kind is p.KEYWORD_ONLY and not skip:
-                out[p.name] = p.default
-        if self.extra:
-            si = inspect.signature(importlib.import_module("tl_spec.experiments.si")
-                                   .specialization_index)
-            out.update({k: si.parameters[k].default for k in self.extra})
+    def option_classes(self) -> list[Any]:
+        """The options classes of this kind (imported from :mod:`tl_spec.options`)."""
+        out = []
+        for path in self.families:
+            module, _, name = path.partition(":")
+            out.append(getattr(importlib.import_module(module), name))
         return out
+
+    def _all_defaults(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for cls in self.option_classes():
+            out.update(cls.defaults())
+        if self.extra:
+            sig = inspect.signature(self.function())
+            out.update({k: sig.parameters[k].default for k in self.extra})
+        return out
+
+    def defaults(self) -> dict[str, Any]:
+        """Options and their defaults (the seed parameter excluded)."""
+        return {k: v for k, v in self._all_defaults().items()
+                if k not in _NOT_OPTIONS and k != self.seed_param}
 
     def default_seeds(self) -> list[int] | None:
         """The function's own default seeds, split into cells (``None``: no seed)."""
         if self.seed_param is None:
             return None
-        default = inspect.signature(self.function()).parameters[self.seed_param].default
+        default = self._all_defaults()[self.seed_param]
         return [int(s) for s in default] if self.seed_param == "seeds" else [int(default)]
+
+    def build_options(self, options: dict[str, Any]) -> list[Any]:
+        """Each options class built from ``options`` (validated; an unknown name is refused)."""
+        values = {k: v for k, v in options.items() if k not in self.extra}
+        return split_options(values, *((cls, None) for cls in self.option_classes()))
 
 
 _DECONSTRUCT = Kind("deconstruct", "tl_spec.experiments.deconstruct:deconstruct", "one", "seed",
@@ -76,9 +98,10 @@ _DECONSTRUCT = Kind("deconstruct", "tl_spec.experiments.deconstruct:deconstruct"
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("si", "tl_spec.experiments.si:specialization_index", "one", None, "standard10",
-         help="Specialization Index of each model"),
+         families=(_SI,), help="Specialization Index of each model"),
     Kind("delta", "tl_spec.experiments.delta:delta_si", "twin", "seed", "standard10",
-         extra=_SI_OPTIONS, help="ΔSI of each twin pair (seed: the bootstrap's)"),
+         families=(_SI, _STATS), extra=("chat_template", "allow_different_tokenizers"),
+         help="ΔSI of each twin pair (seed: the bootstrap's)"),
     Kind("probe", "tl_spec.experiments.probe:perturbation_probe", "one", "seeds", "standard10",
          help="perturbation probe of each model (seed: the noise seed)"),
     Kind("sweep", "tl_spec.experiments.probe:probe_sweep", "one", "seeds", "standard10",
@@ -122,36 +145,12 @@ def call_options(kind: Kind, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_kind_options(kind: Kind, options: dict[str, Any], n_prompts: int) -> None:
-    """Validate option values with the experiment's own checks, before anything runs."""
-    from tl_spec.experiments.delta import check_stats_options
-    from tl_spec.experiments.si import check_options
-    from tl_spec.hooks.noising import check_noise_options
-
+    """Validate option values with the experiment's own options classes, before anything runs."""
     o = {**kind.defaults(), **options}
-    si_args = (o.get("method") or "pattern", o.get("region", "lower"), o.get("aggregate", "prompt"),
-               o.get("batch_size", 16), o.get("max_length", 128), o.get("padding_side", "right"))
-    if kind.name in ("si", "delta"):
-        check_options(*si_args)
-    if kind.name in ("delta", "probe"):
-        check_stats_options(o["confidence"], o["n_resamples"], n_prompts)
-    if kind.name in ("probe", "sweep", "sensitivity"):
-        sigmas = o.get("sigmas") or [o.get("sigma", 0.0)]
-        if not isinstance(sigmas, (list, tuple)):
-            raise TLSpecError(f"sigmas must be a list of numbers, got {sigmas!r}")
-        check_options(si_args[0], "lower", "prompt", si_args[3], si_args[4])
-        check_noise_options(site=o.get("site", "attn_out"), sigmas=list(sigmas))
-        call_options(kind, {k: o[k] for k in ("layers", "regions") if k in o})
-    if kind.name == "sensitivity" and len(set(o["sigmas"])) < 3:
-        raise TLSpecError(f"a slope needs at least 3 distinct sigmas, got {list(o['sigmas'])}")
-    if kind.name == "stability":
-        from tl_spec.experiments.stability import _check_options
-
-        _check_options(o["measure"], o["region"], o["null"], o["n_blocks"] or 2, o["batch_size"],
-                       o["n_resamples"])
-    if kind.name == "deconstruct":
-        from tl_spec.experiments.deconstruct import _check
-
-        _check(list(o["variants"]), o["form"], o["n_resamples"])
+    for built in kind.build_options(o):
+        if kind.name in _PROMPT_RESAMPLING and hasattr(built, "check_units"):
+            built.check_units(n_prompts)
+    call_options(kind, {k: o[k] for k in ("layers", "regions") if k in o})
 
 
 def run_kind(kind: Kind, models: Sequence[Any], prompts: Any, options: dict[str, Any],
