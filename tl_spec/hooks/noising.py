@@ -96,10 +96,19 @@ class NoiseHooks(HookSet):
     A :class:`~tl_spec.hooks.base.HookSet`: :meth:`bind` takes the batch (and, beyond the
     protocol, per-row ``seeds`` and prompt ``keys``) before each forward.
 
-    ``heads`` (or ``kv_group``) restricts ``"z"`` and ``"pattern"`` noise to some query heads.
-    ``relative=True`` multiplies sigma by the site's RMS per layer, measured on the clean run and
-    given to :meth:`calibrate`, so models of different width get matched noise budgets.
-    ``sigma=0`` adds nothing at all (the forward is exactly the clean one).
+    Args:
+        model: the TransformerLens model the hooks attach to.
+        sigma: noise standard deviation (``0`` adds nothing: the forward is exactly the clean one).
+        layers: ``early|middle|late|all``, ``"START:STOP"``, a ``(start, stop)`` tuple or indices.
+        site: one of :data:`SITES` (``attn_out``, ``z``, ``pattern``, ``resid_pre``).
+        heads: restrict ``"z"`` / ``"pattern"`` noise to these query heads (or ``kv_group``:
+            the query heads sharing that KV head).
+        relative: multiply sigma by the site's RMS per layer, measured on the clean run and given
+            to :meth:`calibrate`, so models of different width get matched noise budgets.
+        seed: the default noise seed of every row (``bind(..., seeds=...)`` sets one per row).
+
+    >>> hooks = NoiseHooks(model, sigma=0.05, layers="late", seed=42)             # doctest: +SKIP
+    >>> model.run_with_hooks(tokens, fwd_hooks=[*hooks.bind(tokens, mask)])      # doctest: +SKIP
     """
 
     def __init__(
