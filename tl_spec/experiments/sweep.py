@@ -36,6 +36,7 @@ from tl_spec.hooks.capture import PatternStats
 from tl_spec.hooks.noising import NoiseHooks, prompt_key, site_hook_name
 from tl_spec.metrics.patterns import Region
 from tl_spec.models import can_start_at_layer
+from tl_spec.names import hook_name
 from tl_spec.tokens import PaddingSide, Tokenized, pad_batch, pad_id, plan_batches
 
 __all__ = ["NoiseCondition", "SweepStats", "run_sweep"]
@@ -137,7 +138,7 @@ class _Runner:
                 hooks += noise.fwd_hooks
             grabbed: dict[int, torch.Tensor] = {}
             for layer in capture_resid:
-                hooks.append((f"blocks.{layer}.hook_resid_pre",
+                hooks.append((hook_name("resid_pre", layer),
                               lambda x, hook, layer=layer: grabbed.__setitem__(layer, x)))
             if site_sq is not None:
                 hooks += self._rms_hooks(site_sq, mask)

@@ -13,44 +13,42 @@ neither used nor changed. Bind the batch (tokens, mask, per-row seeds) before ea
 from __future__ import annotations
 
 import hashlib
-import math
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Literal
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 
 from tl_spec.errors import TLSpecError
-from tl_spec.models import describe, layer_windows
+from tl_spec.hooks.base import HookSet
 from tl_spec.metrics.patterns import entry_mask
+from tl_spec.models import describe, layer_windows
+from tl_spec.names import HOOKS, LayerSpec, hook_name, parse_layers, resolve_layers
+from tl_spec.options.noise import NOISE_SITES, Site, check_seeds, check_sigma, check_site
 
 __all__ = [
     "SITES",
     "LayerSpec",
-    "check_noise_options",
     "NoiseHooks",
     "Site",
+    "check_noise_options",
     "noise",
     "prompt_key",
     "resolve_layers",
     "site_hook_name",
 ]
 
-Site = Literal["attn_out", "z", "pattern", "resid_pre"]
-SITES: dict[str, str] = {
-    "attn_out": "blocks.{layer}.hook_attn_out",
-    "z": "blocks.{layer}.attn.hook_z",
-    "pattern": "blocks.{layer}.attn.hook_pattern",
-    "resid_pre": "blocks.{layer}.hook_resid_pre",
-}
+#: Noise sites and their TransformerLens hook names (``{layer}`` filled per layer).
+SITES: dict[str, str] = {site: HOOKS[site] for site in NOISE_SITES}
 _HEADED = ("z", "pattern")
-LayerSpec = str | tuple[int, int] | Sequence[int]
 
 
 def check_noise_options(
     *, site: str = "attn_out", sigmas: Sequence[float] = (), seeds: Sequence[int] | None = None
 ) -> None:
-    """Validate a site, sigmas and seeds before any model runs.
+    """Deprecated: build :class:`~tl_spec.options.noise.ProbeOptions`, ``SweepOptions`` or
+    ``SensitivityOptions`` instead (they validate themselves).
 
     >>> check_noise_options(site="attn_out", sigmas=[0, 0.05], seeds=[42, 123])
     >>> check_noise_options(sigmas=[-1])
@@ -58,13 +56,13 @@ def check_noise_options(
     ...
     tl_spec.errors.TLSpecError: sigma must be a finite number >= 0, got -1
     """
-    if site not in SITES:
-        raise TLSpecError(f"unknown noise site {site!r}; choose one of {', '.join(SITES)}")
+    warnings.warn("check_noise_options is deprecated; the noise options classes "
+                  "(tl_spec.options.noise) validate themselves", DeprecationWarning, stacklevel=2)
+    check_site(site)
     for s in sigmas:
-        if not isinstance(s, int | float) or not math.isfinite(s) or s < 0:
-            raise TLSpecError(f"sigma must be a finite number >= 0, got {s!r}")
-    if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
-        raise TLSpecError(f"seeds must be a non-empty list of distinct integers, got {seeds!r}")
+        check_sigma(s)
+    if seeds is not None:
+        check_seeds(seeds)
 
 
 def site_hook_name(site: str, layer: int) -> str:
@@ -73,44 +71,8 @@ def site_hook_name(site: str, layer: int) -> str:
     >>> site_hook_name("attn_out", 3)
     'blocks.3.hook_attn_out'
     """
-    if site not in SITES:
-        raise TLSpecError(f"unknown noise site {site!r}; choose one of {', '.join(SITES)}")
-    return SITES[site].format(layer=layer)
-
-
-def resolve_layers(spec: LayerSpec, n_layers: int) -> list[int]:
-    """Layer indices of ``"early"``/``"middle"``/``"late"`` (thirds), ``"all"``, ``(start, stop)``
-    or an explicit list.
-
-    Thirds split at round(n/3) and round(2n/3): 32 layers give [0, 11), [11, 21), [21, 32).
-
-    >>> resolve_layers("late", 32)[:2], resolve_layers((0, 3), 32), resolve_layers([5, 1], 32)
-    ([21, 22], [0, 1, 2], [1, 5])
-    """
-    a, b = round(n_layers / 3), round(2 * n_layers / 3)
-    named = {"all": (0, n_layers), "early": (0, a), "middle": (a, b), "late": (b, n_layers)}
-    if isinstance(spec, str):
-        if spec not in named:
-            raise TLSpecError(
-                f"unknown layer range {spec!r}; use 'early', 'middle', 'late', 'all', a (start, "
-                "stop) tuple or a list of layer indices"
-            )
-        layers = list(range(*named[spec]))
-    elif isinstance(spec, tuple) and len(spec) == 2 and all(isinstance(x, int) for x in spec):
-        layers = list(range(spec[0], spec[1]))
-        if not 0 <= spec[0] < spec[1] <= n_layers:
-            raise TLSpecError(
-                f"layer range {spec} is out of range for a model with {n_layers} layers; use "
-                f"0 <= start < stop <= {n_layers}"
-            )
-    else:
-        layers = sorted({int(x) for x in spec})
-    bad = [x for x in layers if not 0 <= x < n_layers]
-    if bad or not layers:
-        raise TLSpecError(
-            f"layers {bad or spec!r} are out of range (the model has layers 0..{n_layers - 1})"
-        )
-    return layers
+    check_site(site)
+    return hook_name(site, layer)  # type: ignore[arg-type]
 
 
 def _seed_of(*parts: Any) -> int:
@@ -128,13 +90,25 @@ def prompt_key(ids: Sequence[int]) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-class NoiseHooks:
+class NoiseHooks(HookSet):
     """Forward hooks adding N(0, sigma^2) noise at ``site`` in ``layers``; iterable as (name, fn).
 
-    ``heads`` (or ``kv_group``) restricts ``"z"`` and ``"pattern"`` noise to some query heads.
-    ``relative=True`` multiplies sigma by the site's RMS per layer, measured on the clean run and
-    given to :meth:`calibrate`, so models of different width get matched noise budgets.
-    ``sigma=0`` adds nothing at all (the forward is exactly the clean one).
+    A :class:`~tl_spec.hooks.base.HookSet`: :meth:`bind` takes the batch (and, beyond the
+    protocol, per-row ``seeds`` and prompt ``keys``) before each forward.
+
+    Args:
+        model: the TransformerLens model the hooks attach to.
+        sigma: noise standard deviation (``0`` adds nothing: the forward is exactly the clean one).
+        layers: ``early|middle|late|all``, ``"START:STOP"``, a ``(start, stop)`` tuple or indices.
+        site: one of :data:`SITES` (``attn_out``, ``z``, ``pattern``, ``resid_pre``).
+        heads: restrict ``"z"`` / ``"pattern"`` noise to these query heads (or ``kv_group``:
+            the query heads sharing that KV head).
+        relative: multiply sigma by the site's RMS per layer, measured on the clean run and given
+            to :meth:`calibrate`, so models of different width get matched noise budgets.
+        seed: the default noise seed of every row (``bind(..., seeds=...)`` sets one per row).
+
+    >>> hooks = NoiseHooks(model, sigma=0.05, layers="late", seed=42)             # doctest: +SKIP
+    >>> model.run_with_hooks(tokens, fwd_hooks=[*hooks.bind(tokens, mask)])      # doctest: +SKIP
     """
 
     def __init__(
@@ -149,9 +123,11 @@ class NoiseHooks:
         relative: bool = False,
         seed: int = 0,
     ) -> None:
-        check_noise_options(site=site, sigmas=[sigma])
+        check_site(site)
+        sigma = check_sigma(sigma)
         facts = describe(model)
-        self.layers = resolve_layers(layers, facts.n_layers)
+        spec = parse_layers(layers) if isinstance(layers, str) else layers
+        self.layers = resolve_layers(spec, facts.n_layers)
         if (heads is not None or kv_group is not None) and site not in _HEADED:
             raise TLSpecError(
                 f"site {site!r} has no heads; heads/kv_group apply to 'z' or 'pattern' only"
@@ -194,7 +170,14 @@ class NoiseHooks:
         seeds: Sequence[int] | None = None,
         keys: Sequence[str] | None = None,
     ) -> NoiseHooks:
-        """Bind the next forward's batch: real tokens (mask), per-row seeds, per-row prompt keys."""
+        """Bind the next forward's batch: real tokens (mask), per-row seeds, per-row prompt keys.
+
+        ``seeds`` default to the hooks' own seed for every row; ``keys`` (each prompt's identity,
+        :func:`prompt_key`) default to the hash of each row's real tokens. Returns ``self``.
+        """
+        if tokens is None:
+            raise TLSpecError("bind the token batch: the noise is drawn per prompt from its tokens")
+        super().bind(tokens, attention_mask)
         mask = torch.ones_like(tokens) if attention_mask is None else attention_mask
         if mask.shape != tokens.shape:
             raise TLSpecError(f"attention_mask shape {tuple(mask.shape)} != tokens {tuple(tokens.shape)}")
@@ -206,9 +189,6 @@ class NoiseHooks:
             keys = [prompt_key(t[m.bool()].tolist()) for t, m in zip(tokens.cpu(), mask.cpu())]
         self._keys, self._seeds, self._mask = list(keys), seeds, mask.bool()
         return self
-
-    def __iter__(self) -> Iterator[tuple[str, Callable[..., Any]]]:
-        return iter(self.fwd_hooks)
 
     @property
     def fwd_hooks(self) -> list[tuple[str, Callable[..., Any]]]:
