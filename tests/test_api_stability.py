@@ -302,3 +302,9 @@ def test_batch_features_follow_the_hookset_protocol(models):
     assert float(feats.resid[0][~padded].abs().sum()) > 0
     feats.clear()
     assert feats.output == {} and feats.pattern == {}
+
+
+def test_the_zoo_default_groups_are_deprecated_but_still_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("TL_SPEC_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.deprecated_call(), pytest.raises(TLSpecError, match="is not built"):
+        stability_study(seeds=2, n_resamples=200)

@@ -278,6 +278,8 @@ def _prepare(models: Sequence[Any], prompts: PromptInput, attention_mask: Any,
             warnings.simplefilter("ignore", TLSpecWarning)
             other = prepare_inputs(m, prompts, attention_mask=attention_mask,
                                    max_length=opts.max_length, prepend_bos=opts.prepend_bos)
+        if inputs.from_tokens:  # the same ids for every model (checked against its vocabulary)
+            continue
         bad = [p for p, (a, b) in enumerate(zip(inputs.tokenized.ids, other.tokenized.ids,
                                                 strict=True)) if a != b]
         if bad:

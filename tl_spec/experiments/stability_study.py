@@ -69,8 +69,8 @@ class StudyGroup:
 
 
 def _floats(values: Any) -> np.ndarray:
-    return np.asarray([np.nan if v is None else v for v in values], dtype=np.float64) \
-        if isinstance(values, list) else np.asarray(values, dtype=np.float64)
+    """A group's profile as floats (read back from JSON, ``None`` is NaN)."""
+    return np.asarray(values, dtype=np.float64)
 
 
 @dataclass(repr=False)
@@ -119,7 +119,7 @@ class StudyResult(Result):
             stability, null = _floats(g["stability"]), _floats(g["null"])
             distinct = _floats(g["distinctness"])
             resid = None if g.get("resid_cka") is None else _floats(g["resid_cka"])
-            importance = np.asarray(g["importance_mean"], dtype=np.float64)
+            importance = _floats(g["importance_mean"])
             for layer in range(len(stability)):
                 rows.append({"group": g["name"], "depth": g["depth"],
                              "weight_decay": g["weight_decay"], "n_models": len(g["models"]),
