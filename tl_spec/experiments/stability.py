@@ -8,9 +8,14 @@ residual-stream contributions over all valid tokens); heads are matched one-to-o
 stability is its mean matched similarity over the other models. Random-init copies give the
 null level; prompt-block bootstrap intervals come with every layer profile.
 
+Prompts are text (a list of strings or a PromptSet; every model must tokenize them identically)
+or token ids (a ``[batch, pos]`` tensor with an optional ``attention_mask``, or a list of 1-D
+tensors; every model runs the same ids, no tokenizer needed). Options are
+:class:`~tl_spec.options.StabilityOptions` and statistics fields, as keywords or objects.
+
 >>> from tl_spec import head_stability
 >>> r = head_stability([model_a, model_b, model_c], prompts, measure="output")  # doctest: +SKIP
->>> print(r.table())                                                           # doctest: +SKIP
+>>> print(r.summary())                                                         # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -18,27 +23,35 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from jaxtyping import Float, Int
 
+from tl_spec.display import short_name
 from tl_spec.errors import TLSpecError, TLSpecWarning
 from tl_spec.experiments.run import model_device
 from tl_spec.hooks.features import BatchFeatures
-from tl_spec.metrics.patterns import Region, check_region, cross_correlations, entry_mask, head_correlations
+from tl_spec.metrics.patterns import cross_correlations, entry_mask, head_correlations
 from tl_spec.metrics.stability import PooledStats, summarize
 from tl_spec.models import describe, model_id, random_init_like, require_pattern_hooks
-from tl_spec.prompts import PromptSet, as_prompt_set
+from tl_spec.names import head_label
+from tl_spec.options.base import split_options
+from tl_spec.options.si import StatsOptions
+from tl_spec.options.stability import (
+    MEASURES,
+    Measure,
+    StabilityOptions,
+    StabilityStatsOptions,
+)
 from tl_spec.records import Result, array, provenance
 from tl_spec.stats import Interval, paired_bootstrap
-from tl_spec.tokens import Tokenized, batches, pad_id, tokenize, validate_prompts
+from tl_spec.tokens import Inputs, PromptInput, batches, pad_id, prepare_inputs
 
-__all__ = ["MEASURES", "Measure", "StabilityResult", "check_models", "head_stability"]
+__all__ = ["MEASURES", "Measure", "StabilityOptions", "StabilityResult", "StabilityStatsOptions",
+           "check_models", "head_stability", "stability_options"]
 
-Measure = Literal["pattern", "output"]
-MEASURES: tuple[str, ...] = ("pattern", "output")
 PROFILES: tuple[str, ...] = ("stability", "best_match", "null", "margin", "distinctness", "resid_cka")
 _ARCH_FIELDS = ("n_layers", "n_heads", "n_kv_heads", "d_head", "d_model", "windows")
 
@@ -47,7 +60,13 @@ def _intervals(records: Any) -> Any:
     return {k: [Interval(**r) for r in v] for k, v in records.items()}
 
 
-@dataclass
+def _nanmean(x: Any, axis: int | None = None) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(np.asarray(x, dtype=np.float64), axis=axis)
+
+
+@dataclass(repr=False)
 class StabilityResult(Result):
     """Head stability of ``models`` (same architecture) by ``measure``; see the module doc.
 
@@ -83,6 +102,72 @@ class StabilityResult(Result):
     settings: dict[str, Any]
     provenance: dict[str, Any] = field(repr=False)
 
+    def model_names(self) -> list[str]:
+        """Short names of the compared models (null models excluded)."""
+        return [short_name(m) for m in self.models]
+
+    def tags(self) -> list[str]:
+        """The similarity measure."""
+        return [self.measure]
+
+    def least_stable_layer(self) -> int | None:
+        """The layer with the lowest stability (``None`` if no layer has a defined value)."""
+        values = np.asarray(self.stability, dtype=np.float64)
+        return None if np.isnan(values).all() else int(np.nanargmin(values))
+
+    def headline(self) -> dict[str, Any]:
+        """Mean stability over layers, the null level, layers above it, models, least stable layer."""
+        out: dict[str, Any] = {"stability": float(_nanmean(self.stability))}
+        if self.null_models:
+            out["null"] = float(_nanmean(self.null))
+            out["layers above null"] = f"{sum(map(bool, self.above_null))}/{len(self.stability)}"
+        out["models"] = len(self.models)
+        out["least stable layer"] = self.least_stable_layer()
+        return out
+
+    def heat(self) -> tuple[str, np.ndarray, bool | None]:
+        """Each head's matched similarity to the other models, averaged over the models."""
+        return ("matched similarity per head (mean over models)",
+                _nanmean(self.per_head_stability, axis=0), None)
+
+    def to_frame(self) -> Any:
+        """Tidy table, one row per model, layer and head, with that layer's profile alongside.
+
+        Columns: ``model``, ``measure``, ``layer``, ``head``, ``label``, ``stability`` (the
+        head's matched similarity, mean over the other models), ``best_match``, then per layer
+        ``layer_stability`` (+ ``_low`` / ``_high`` interval), ``null``, ``margin``,
+        ``above_null``, ``distinctness``, ``resid_cka``.
+
+        >>> r.to_frame().groupby("layer")["stability"].mean()  # doctest: +SKIP
+        """
+        import pandas as pd
+
+        names = self.model_names()
+        per_head = np.asarray(self.per_head_stability, dtype=np.float64)
+        best = np.asarray(self.per_head_best, dtype=np.float64)
+        n_models, n_layers, n_heads = per_head.shape
+        ci = self.intervals.get("stability") or [None] * n_layers
+        rows = []
+        for m in range(n_models):
+            for layer in range(n_layers):
+                layer_cols = {
+                    "layer_stability": float(self.stability[layer]),
+                    "layer_stability_low": None if ci[layer] is None else float(ci[layer].low),
+                    "layer_stability_high": None if ci[layer] is None else float(ci[layer].high),
+                    "null": float(self.null[layer]), "margin": float(self.margin[layer]),
+                    "above_null": bool(self.above_null[layer]),
+                    "distinctness": float(self.distinctness[layer]),
+                    "resid_cka": (None if self.resid_cka is None
+                                  else float(self.resid_cka[layer])),
+                }
+                for head in range(n_heads):
+                    rows.append({"model": names[m] if m < len(names) else str(m),
+                                 "measure": self.measure, "layer": layer, "head": head,
+                                 "label": head_label(layer, head),
+                                 "stability": float(per_head[m, layer, head]),
+                                 "best_match": float(best[m, layer, head]), **layer_cols})
+        return pd.DataFrame(rows)
+
     def profile(self, idx: Int[np.ndarray, "n_blocks"] | None = None) -> dict[str, np.ndarray]:
         """The layer profiles over a resample of prompt blocks (only on a freshly run result):
         ``idx`` holds block indices; resamples are cached, so repeated calls cost nothing.
@@ -95,12 +180,14 @@ class StabilityResult(Result):
                               "this session; a result loaded from a file keeps only its summaries")
         return engine.profile() if idx is None else engine.resample(idx)
 
-    def table(self) -> str:
+    def summary(self) -> str:
         """Per-layer text table: stability [interval], null, above chance, distinctness, resid."""
         iv = self.intervals
+        level = iv["stability"][0].level if iv.get("stability") else 0.95
+        interval = f"{level:.0%} interval"
         lines = [f"measure: {self.measure}  ({len(self.models)} models, "
                  f"{len(self.null_models)} random-init null models)",
-                 f"{'layer':>5}  {'stability':>9}  {'95% interval':>17}  {'null':>6}  "
+                 f"{'layer':>5}  {'stability':>9}  {interval:>17}  {'null':>6}  "
                  f"{'> null':>6}  {'distinct':>8}  {'resid CKA':>9}"]
         for layer, value in enumerate(self.stability):
             ci = iv["stability"][layer]
@@ -109,6 +196,46 @@ class StabilityResult(Result):
                          f"{self.null[layer]:6.3f}  {'yes' if self.above_null[layer] else 'no':>6}  "
                          f"{self.distinctness[layer]:8.3f}  {resid}")
         return "\n".join(lines)
+
+
+def stability_options(
+    options: StabilityOptions | None = None,
+    stats: StatsOptions | None = None,
+    **option_values: Any,
+) -> tuple[StabilityOptions, StabilityStatsOptions]:
+    """Build and validate ``head_stability``'s two option families from objects and keywords.
+
+    Each keyword goes to the family that declares it (:class:`StabilityOptions` or the
+    statistics options: ``confidence``, ``n_resamples``, ``seed``); an unknown name is refused.
+
+    Args:
+        options: a :class:`~tl_spec.options.StabilityOptions` (or a mapping), or ``None``.
+        stats: a :class:`~tl_spec.options.StatsOptions` (or a mapping), or ``None``.
+        **option_values: fields of either family, overriding the objects.
+
+    Returns:
+        ``(StabilityOptions, StabilityStatsOptions)``.
+
+    >>> opts, st = stability_options(measure="output", n_resamples=200)
+    >>> opts.measure, st.n_resamples, st.confidence
+    ('output', 200, 0.95)
+    """
+    if isinstance(stats, StatsOptions) and not isinstance(stats, StabilityStatsOptions):
+        stats = stats.to_kwargs()  # type: ignore[assignment]
+    opts, st = split_options(option_values, (StabilityOptions, options),
+                             (StabilityStatsOptions, stats))
+    return opts, st
+
+
+def _check_options(measure: str, region: str, null: Any, n_blocks: int, batch_size: int,
+                   n_resamples: int) -> None:
+    """Deprecated: build :class:`~tl_spec.options.StabilityOptions` (it validates itself)."""
+    warnings.warn("_check_options is deprecated; StabilityOptions(...) and "
+                  "StabilityStatsOptions(...) validate themselves", DeprecationWarning,
+                  stacklevel=2)
+    StabilityOptions(measure=measure, region=region, null=null, n_blocks=n_blocks,
+                     batch_size=batch_size)
+    StabilityStatsOptions(n_resamples=n_resamples)
 
 
 def check_models(models: Sequence[Any], *, what: str = "models") -> list[Any]:
@@ -137,37 +264,31 @@ def check_models(models: Sequence[Any], *, what: str = "models") -> list[Any]:
     return models
 
 
-def _check_tokens(models: Sequence[Any], prompts: list[str], max_length: int,
-                  prepend_bos: bool | None) -> Tokenized:
-    tokenized = tokenize(models[0], prompts, max_length=max_length, prepend_bos=prepend_bos)
+def _prepare(models: Sequence[Any], prompts: PromptInput, attention_mask: Any,
+             opts: StabilityOptions) -> Inputs:
+    """The prompts as token ids for every model: one tokenization (text) or the given ids.
+
+    Text is tokenized by every model and must give the same ids (the heads must see the same
+    tokens); token ids are used as given for every model (checked against each vocabulary).
+    """
+    inputs = prepare_inputs(models[0], prompts, attention_mask=attention_mask,
+                            max_length=opts.max_length, prepend_bos=opts.prepend_bos)
     for i, m in enumerate(models[1:], start=1):
         with warnings.catch_warnings():  # the first model already warned about truncation
             warnings.simplefilter("ignore", TLSpecWarning)
-            other = tokenize(m, prompts, max_length=max_length, prepend_bos=prepend_bos)
-        bad = [p for p, (a, b) in enumerate(zip(tokenized.ids, other.ids, strict=True)) if a != b]
+            other = prepare_inputs(m, prompts, attention_mask=attention_mask,
+                                   max_length=opts.max_length, prepend_bos=opts.prepend_bos)
+        if inputs.from_tokens:  # the same ids for every model (checked against its vocabulary)
+            continue
+        bad = [p for p, (a, b) in enumerate(zip(inputs.tokenized.ids, other.tokenized.ids,
+                                                strict=True)) if a != b]
         if bad:
             raise TLSpecError(
                 f"model {i} tokenizes prompt {bad[0]} differently from model 0 ({len(bad)} "
                 "prompts differ): the models have different tokenizers, so their heads do not "
                 "see the same tokens; compare models that share a tokenizer"
             )
-    return tokenized
-
-
-def _check_options(measure: str, region: str, null: Any, n_blocks: int, batch_size: int,
-                   n_resamples: int) -> None:
-    if measure not in MEASURES:
-        raise TLSpecError(f"unknown measure {measure!r}; choose one of {', '.join(MEASURES)} "
-                          "(attention-pattern correlation, or linear CKA of head outputs)")
-    check_region(region)
-    if isinstance(null, bool) or not ((isinstance(null, int) and null >= 0)
-                                      or isinstance(null, (list, tuple))):
-        raise TLSpecError(f"null must be a number of random-init copies (>= 0) or a list of "
-                          f"models, got {null!r}")
-    for name, value, low in (("n_blocks", n_blocks, 2), ("batch_size", batch_size, 1),
-                             ("n_resamples", n_resamples, 100)):
-        if not isinstance(value, int) or value < low:
-            raise TLSpecError(f"{name} must be an integer >= {low}, got {value!r}")
+    return inputs
 
 
 class _Engine:
@@ -274,21 +395,13 @@ def _bootstrap(engine: _Engine, names: Sequence[str], n_layers: int, *, confiden
 
 def head_stability(
     models: Sequence[Any],
-    prompts: Sequence[str] | PromptSet,
+    prompts: PromptInput,
     *,
-    measure: Measure = "pattern",
-    null: int | Sequence[Any] = 2,
-    resid: bool = True,
-    region: Region = "lower",
-    max_length: int = 128,
-    batch_size: int = 8,
-    n_blocks: int | None = None,
-    confidence: float = 0.95,
-    n_resamples: int = 1000,
-    seed: int = 0,
-    prepend_bos: bool | None = None,
-    stat_dtype: torch.dtype = torch.float64,
+    attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
+    options: StabilityOptions | None = None,
+    stats: StatsOptions | None = None,
     progress: bool = False,
+    **option_values: Any,
 ) -> StabilityResult:
     """Per-head stability of ``models`` (independently trained, same architecture) on ``prompts``.
 
@@ -299,50 +412,69 @@ def head_stability(
     and model pair ``layers x (heads d_head)^2`` float64 sums (``resid``: ``layers x
     d_model^2``).
 
+    Args:
+        models: two or more TransformerLens models of one architecture (different seeds).
+        prompts: a list of strings or a PromptSet (every model must tokenize them identically),
+            a ``[batch, pos]`` token tensor or a list of 1-D token tensors (the same ids for
+            every model; no tokenizer needed).
+        attention_mask: with a token tensor, 1 on real tokens (either padding side).
+        options: a :class:`~tl_spec.options.StabilityOptions`; keywords override its fields.
+        stats: a :class:`~tl_spec.options.StatsOptions` (``confidence``, ``n_resamples``,
+            ``seed``; 1000 resamples unless given); keywords override its fields.
+        progress: show a progress bar.
+        **option_values: any field of either options class (``measure``, ``null``, ``region``,
+            ``n_blocks``, ``n_resamples``, ``seed``, ...).
+
+    Returns:
+        :class:`StabilityResult`.
+
     >>> r = head_stability([a, b], ["The cat sat on the mat."] * 4, n_blocks=2)  # doctest: +SKIP
     >>> r.stability, r.matching[0]  # doctest: +SKIP
     """
-    _check_options(measure, region, null, 2 if n_blocks is None else n_blocks, batch_size,
-                   n_resamples)
-    pset = as_prompt_set(prompts) if isinstance(prompts, PromptSet) else None
-    texts = validate_prompts(pset.prompts if pset else prompts)
+    opts, st = stability_options(options, stats, **option_values)
     trained = check_models(models)
-    n_blocks = min(len(texts), 20) if n_blocks is None else n_blocks
-    if len(texts) < max(n_blocks, 2):
-        raise TLSpecError(f"{len(texts)} prompts cannot fill n_blocks={n_blocks} bootstrap "
-                          f"blocks; pass more prompts or n_blocks <= {len(texts)}")
-    given = [] if isinstance(null, int) else list(null)
+    given = [] if isinstance(opts.null, int) else list(opts.null)
     if given:
         check_models(trained + given, what="models (null models included)")
-    tokenized = _check_tokens(trained + given, texts, max_length, prepend_bos)
-    nulls = ([random_init_like(trained[0], seed + 1 + r) for r in range(null)]
-             if isinstance(null, int) else given)
+    inputs = _prepare(trained + given, prompts, attention_mask, opts)
+    return _stability(trained, given, inputs, opts, st, progress=progress)
+
+
+def _stability(trained: list[Any], given: list[Any], inputs: Inputs, opts: StabilityOptions,
+               st: StabilityStatsOptions, *, progress: bool) -> StabilityResult:
+    """:func:`head_stability` on checked models and prepared prompts."""
+    tokenized = inputs.tokenized
+    n_prompts = len(inputs)
+    n_blocks = opts.blocks_for(n_prompts)
+    measure, resid, seed, dtype = opts.measure, opts.resid, st.seed, opts.torch_dtype
+    nulls = ([random_init_like(trained[0], seed + 1 + r) for r in range(opts.null)]
+             if isinstance(opts.null, int) else given)
     everyone = trained + nulls
-    facts = describe(trained[0], seq_len=max_length)
+    facts = describe(trained[0], seq_len=opts.max_length)
     engine = _Engine(len(everyone), len(trained), measure, resid, n_blocks, facts.n_layers,
                      facts.n_heads, facts.d_head, facts.d_model)
     keep = ("pattern",) if measure == "pattern" else ("output",)
     feats = [BatchFeatures(m, keep=keep + (("resid",) if resid and i < len(trained) else ()),
-                           dtype=stat_dtype) for i, m in enumerate(everyone)]
+                           dtype=dtype) for i, m in enumerate(everyone)]
     device = model_device(trained[0])
-    chunks = batches(tokenized, batch_size=batch_size, pad_id=pad_id(trained[0]), device=device)
+    chunks = batches(tokenized, batch_size=opts.batch_size, pad_id=pad_id(trained[0]),
+                     device=device)
     if progress:
         from tqdm.auto import tqdm
 
-        chunks = tqdm(chunks, total=-(-len(texts) // batch_size), desc="stability", unit="batch")
+        chunks = tqdm(chunks, total=-(-n_prompts // opts.batch_size), desc="stability",
+                      unit="batch")
     for idx, tokens, mask in chunks:
         for model, f in zip(everyone, feats, strict=True):
-            f.attention_mask = mask
-            with torch.inference_mode(), model.hooks(fwd_hooks=f.fwd_hooks):
+            with torch.inference_mode(), model.hooks(fwd_hooks=f.bind(tokens, mask).fwd_hooks):
                 model(tokens.to(model_device(model)), attention_mask=torch.ones_like(mask),
                       return_type=None)
         blocks = [i % n_blocks for i in idx]
         if measure == "pattern":
-            valid = [entry_mask(mask.bool(), region=region, window=w) for w in facts.windows]
-            engine.add_patterns(blocks, feats, valid, stat_dtype)
+            valid = [entry_mask(mask.bool(), region=opts.region, window=w) for w in facts.windows]
+            engine.add_patterns(blocks, feats, valid, dtype)
         else:
-            engine.add_cka(engine.stats, blocks, [f.output for f in feats],
-                           mask.bool())
+            engine.add_cka(engine.stats, blocks, [f.output for f in feats], mask.bool())
         if engine.resid is not None:
             engine.add_cka(engine.resid, blocks, [f.resid for f in feats[: len(trained)]],
                            mask.bool())
@@ -352,22 +484,22 @@ def head_stability(
     names = [n for n in PROFILES if n != "resid_cka" or resid]
     if not nulls:
         names = [n for n in names if n not in ("null", "margin")]
-    intervals = _bootstrap(engine, names, facts.n_layers, confidence=confidence,
-                           n_resamples=n_resamples, seed=seed)
+    intervals = _bootstrap(engine, names, facts.n_layers, confidence=st.confidence,
+                           n_resamples=st.n_resamples, seed=seed)
     above = ([iv.low > 0 for iv in intervals["margin"]] if nulls
              else [False] * facts.n_layers)
     sims = full.pop("_sim")
     pairs = [[a, b] for a in range(len(trained)) for b in range(a + 1, len(trained))]
-    settings = dict(measure=measure, region=region, max_length=max_length, batch_size=batch_size,
-                    n_blocks=n_blocks, confidence=confidence, n_resamples=n_resamples, seed=seed,
-                    prepend_bos=tokenized.prepend_bos, stat_dtype=str(stat_dtype),
-                    n_prompts=len(texts), n_truncated=tokenized.n_truncated,
-                    null=("random_init" if isinstance(null, int) else "given"),
+    settings = dict(opts.to_dict(), **st.to_dict(), n_blocks=n_blocks,
+                    prepend_bos=tokenized.prepend_bos, n_prompts=n_prompts,
+                    n_truncated=tokenized.n_truncated,
+                    null=("random_init" if isinstance(opts.null, int) else "given"),
+                    input="token ids" if inputs.from_tokens else "text",
                     interval="prompt-block bootstrap, BCa (percentile where undefined)")
     result = StabilityResult(
         measure=measure, models=[model_id(m) for m in trained],
         null_models=([f"random-init({model_id(trained[0])}, seed={seed + 1 + r})"
-                      for r in range(len(nulls))] if isinstance(null, int)
+                      for r in range(len(nulls))] if isinstance(opts.null, int)
                      else [model_id(m) for m in nulls]),
         pairs=pairs, stability=full["stability"], best_match=full["best_match"],
         null=full["null"], margin=full["margin"], distinctness=full["distinctness"],
@@ -375,9 +507,8 @@ def head_stability(
         per_head_stability=full["per_head_stability"], per_head_best=full["per_head_best"],
         similarity=sims, matching=full["matching"][: len(pairs)],
         undefined=int(np.isnan(sims).sum()), settings=settings,
-        provenance=provenance(trained[0], prompts=(pset or as_prompt_set(texts)).hashes(),
-                              architecture=facts.to_dict(), options=settings,
-                              models=[model_id(m) for m in trained]),
+        provenance=provenance(trained[0], prompts=inputs.info, architecture=facts.to_dict(),
+                              options=settings, models=[model_id(m) for m in trained]),
     )
     object.__setattr__(result, "_engine", engine)
     return result

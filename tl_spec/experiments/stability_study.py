@@ -1,4 +1,4 @@
-"""Seed 004's five claims, measured on groups of refits (the zoo's ``refits`` set by default).
+"""Seed 004's five claims, measured on groups of refits (one configuration, several seeds each).
 
 Each group is one configuration (depth, weight decay) trained from several seeds. Per group:
 :func:`~tl_spec.head_stability` (with random-init nulls and ``resid_post`` CKA) and, per model,
@@ -7,13 +7,17 @@ signed effect whose positive sign supports it, with a bootstrap interval over th
 blocks in every group (so differences between groups stay paired); a claim "holds here" when
 its interval excludes zero on the supporting side.
 
+The caller passes the groups and texts; the zoo's refit set is one source of them
+(:func:`refit_groups`, which needs `tl-spec zoo build refits`).
+
 >>> from tl_spec import stability_study
->>> study = stability_study(seeds=3)   # needs `tl-spec zoo build refits`  # doctest: +SKIP
->>> print(study.table())                                                  # doctest: +SKIP
+>>> study = stability_study(refit_groups(seeds=3), prompts, texts)  # doctest: +SKIP
+>>> print(study.summary())                                          # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,14 +25,23 @@ from typing import Any
 import numpy as np
 import scipy.stats
 
+from tl_spec.display import short_name
 from tl_spec.errors import TLSpecError
 from tl_spec.experiments.importance import head_importance
-from tl_spec.experiments.stability import MEASURES, StabilityResult, head_stability
+from tl_spec.experiments.stability import StabilityResult, head_stability
+from tl_spec.options.base import split_options
+from tl_spec.options.si import StatsOptions
+from tl_spec.options.stability import (
+    StabilityOptions,
+    StabilityStatsOptions,
+    StabilityStudyOptions,
+)
+from tl_spec.prompts import PromptSet
 from tl_spec.records import Result, provenance
 from tl_spec.stats import Interval, interval_records, paired_bootstrap
-from tl_spec.zoo.corpus import heldout_texts
 
-__all__ = ["CLAIMS", "StudyGroup", "StudyResult", "refit_groups", "stability_study"]
+__all__ = ["CLAIMS", "StabilityStudyOptions", "StudyGroup", "StudyResult", "refit_groups",
+           "stability_study"]
 
 CLAIMS = (
     "middle-layer heads are the least stable yet the most distinct",
@@ -37,11 +50,17 @@ CLAIMS = (
     "weight decay improves head stability",
     "the residual stream is comparatively stable",
 )
+_VERDICT = {True: "holds", False: "does not hold", None: "not testable"}
 
 
 @dataclass
 class StudyGroup:
-    """One configuration trained from several seeds: ``models`` (loaded) or zoo ``names``."""
+    """One configuration trained from several seeds: its ``name``, ``depth``, ``weight_decay``
+    and the loaded ``models`` (two or more).
+
+    >>> StudyGroup("L2-wd0", 2, 0.0, [model_a, model_b]).depth  # doctest: +SKIP
+    2
+    """
 
     name: str
     depth: int
@@ -49,8 +68,12 @@ class StudyGroup:
     models: list[Any]
 
 
+def _floats(values: Any) -> np.ndarray:
+    """A group's profile as floats (read back from JSON, ``None`` is NaN)."""
+    return np.asarray(values, dtype=np.float64)
 
-@dataclass
+
+@dataclass(repr=False)
 class StudyResult(Result):
     """Per group the stability summary; per claim the effect, interval and verdict."""
 
@@ -62,14 +85,71 @@ class StudyResult(Result):
     settings: dict[str, Any]
     provenance: dict[str, Any] = field(repr=False)
 
-    def table(self) -> str:
+    def model_names(self) -> list[str]:
+        """Short names of every model of every group, in group order."""
+        return [short_name(m) for g in self.groups for m in g["models"]]
+
+    def tags(self) -> list[str]:
+        """The head similarity measure."""
+        return [self.measure]
+
+    def headline(self) -> dict[str, Any]:
+        """Claims that hold / were testable, groups, models, mean stability and null level."""
+        testable = [c for c in self.claims if c["holds"] is not None]
+        stab = [_floats(g["stability"]) for g in self.groups]
+        null = [_floats(g["null"]) for g in self.groups]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return {"claims holding": f"{sum(bool(c['holds']) for c in testable)}/{len(testable)}"
+                                      " testable",
+                    "groups": len(self.groups), "models": len(self.model_names()),
+                    "stability": float(np.nanmean(np.concatenate(stab))),
+                    "null": float(np.nanmean(np.concatenate(null)))}
+
+    def to_frame(self) -> Any:
+        """Tidy table, one row per group and layer: stability, null, distinctness, resid CKA,
+        above null and the mean-ablation importance averaged over the layer's heads.
+
+        >>> study.to_frame().pivot(index="layer", columns="group", values="stability")  # doctest: +SKIP
+        """
+        import pandas as pd
+
+        rows = []
+        for g in self.groups:
+            stability, null = _floats(g["stability"]), _floats(g["null"])
+            distinct = _floats(g["distinctness"])
+            resid = None if g.get("resid_cka") is None else _floats(g["resid_cka"])
+            importance = _floats(g["importance_mean"])
+            for layer in range(len(stability)):
+                rows.append({"group": g["name"], "depth": g["depth"],
+                             "weight_decay": g["weight_decay"], "n_models": len(g["models"]),
+                             "measure": self.measure, "layer": layer,
+                             "stability": float(stability[layer]), "null": float(null[layer]),
+                             "above_null": bool(g["above_null"][layer]),
+                             "distinctness": float(distinct[layer]),
+                             "resid_cka": None if resid is None else float(resid[layer]),
+                             "importance_mean": float(np.mean(importance[layer]))})
+        return pd.DataFrame(rows)
+
+    def claims_frame(self) -> Any:
+        """One row per claim statistic: claim id and text, effect, interval, verdict, units.
+
+        >>> study.claims_frame()[["id", "effect", "verdict"]]  # doctest: +SKIP
+        """
+        import pandas as pd
+
+        return pd.DataFrame([{"id": c["id"], "claim": c["claim"], "statistic": c["statistic"],
+                              "effect": c["effect"], "low": c["interval"].low,
+                              "high": c["interval"].high, "verdict": _VERDICT[c["holds"]],
+                              "units": c["units"]} for c in self.claims])
+
+    def summary(self) -> str:
         """One line per claim: effect [interval] and whether it holds at this scale."""
         lines = [f"seed 004 claims, measure={self.measure} (positive effect supports the claim)"]
         for c in self.claims:
             ci = c["interval"]
-            verdict = {True: "holds", False: "does not hold", None: "not testable"}[c["holds"]]
             lines.append(f"{c['id']}. {c['claim']}\n   {c['statistic']}: {c['effect']:+.4f} "
-                         f"[{ci.low:+.4f}, {ci.high:+.4f}] -> {verdict}")
+                         f"[{ci.low:+.4f}, {ci.high:+.4f}] -> {_VERDICT[c['holds']]}")
         return "\n".join(lines)
 
 
@@ -77,14 +157,17 @@ def refit_groups(*, seeds: int | None = None, depths: Sequence[int] | None = Non
                  backend: str = "auto") -> list[StudyGroup]:
     """The zoo's refit set as study groups (built models only; a clear error otherwise).
 
+    The zoo-based source of :func:`stability_study`'s groups (it belongs with the zoo).
+
     >>> [g.name for g in refit_groups(seeds=2)]  # doctest: +SKIP
     ['L2-wd0', 'L2-wd0.1', 'L4-wd0', 'L4-wd0.1']
     """
-    from tl_spec.zoo import registry
+    from tl_spec.zoo import registry  # upward import: experiments sit below the zoo
 
     found: dict[tuple[int, float], list[str]] = {}
     for m in registry.SETS["refits"]:
-        assert m.config is not None
+        if m.config is None:
+            raise TLSpecError(f"zoo model {m.name} of the refit set has no training config")
         key = (m.config.n_layers, m.config.weight_decay)
         if depths is None or key[0] in depths:
             found.setdefault(key, []).append(m.name)
@@ -94,6 +177,13 @@ def refit_groups(*, seeds: int | None = None, depths: Sequence[int] | None = Non
         groups.append(StudyGroup(f"L{depth}-wd{wd:g}", depth, wd,
                                  [registry.load(n, backend=backend) for n in names]))
     return groups
+
+
+def _zoo_texts(n_prompts: int) -> tuple[list[str], list[str]]:
+    """Disjoint held-out zoo documents: ``n_prompts`` stability prompts, 16 importance texts."""
+    from tl_spec.zoo.corpus import heldout_texts  # upward import: experiments sit below the zoo
+
+    return heldout_texts(n_prompts), heldout_texts(16, offset=n_prompts)
 
 
 def _effects(results: dict[str, StabilityResult], groups: list[StudyGroup],
@@ -143,44 +233,90 @@ def _spearman_units(groups: list[StudyGroup], results: dict[str, StabilityResult
 
 def stability_study(
     groups: Sequence[StudyGroup] | None = None,
+    prompts: Sequence[str] | PromptSet | None = None,
+    texts: Sequence[str] | None = None,
     *,
+    options: StabilityStudyOptions | None = None,
+    stats: StatsOptions | None = None,
+    progress: bool = False,
     seeds: int | None = None,
     depths: Sequence[int] | None = None,
-    prompts: Sequence[str] | None = None,
-    texts: Sequence[str] | None = None,
-    measure: str = "output",
     n_prompts: int = 32,
-    n_blocks: int = 16,
-    null: int = 2,
-    n_resamples: int = 1000,
-    confidence: float = 0.95,
     backend: str = "auto",
-    seed: int = 0,
-    progress: bool = False,
+    **option_values: Any,
 ) -> StudyResult:
-    """Measure seed 004's five claims on ``groups`` (default: the zoo's refits).
+    """Measure seed 004's five claims on ``groups`` of refits.
 
-    ``prompts`` (stability) and ``texts`` (importance) default to disjoint held-out documents
-    of the zoo corpus. ``seeds`` / ``depths`` take a subset of the refit set.
+    Args:
+        groups: the configurations, each two or more models trained from different seeds
+            (e.g. :func:`refit_groups`). Deprecated: ``None`` loads the zoo's refit set.
+        prompts: stability prompts, the same for every group. Deprecated: ``None`` takes
+            ``n_prompts`` held-out zoo documents.
+        texts: importance texts. Deprecated: ``None`` takes 16 further held-out documents.
+        options: a :class:`~tl_spec.options.StabilityStudyOptions` (``measure``, ``n_blocks``,
+            ``null``); keywords override its fields.
+        stats: statistics options (``confidence``, ``n_resamples`` (1000 unless given),
+            ``seed``); keywords override its fields.
+        progress: show progress bars.
+        seeds, depths, backend: deprecated, with ``groups=None``: the refit subset and backend.
+        n_prompts: deprecated, with ``prompts=None``: how many held-out documents.
+        **option_values: fields of either options class.
 
-    >>> print(stability_study(seeds=3, n_resamples=200).table())  # doctest: +SKIP
+    Returns:
+        :class:`StudyResult`.
+
+    >>> print(stability_study(refit_groups(seeds=3), prompts, texts, n_resamples=200).summary())  # doctest: +SKIP
     """
-    if measure not in MEASURES:
-        raise TLSpecError(f"unknown measure {measure!r}; choose one of {', '.join(MEASURES)}")
+    opts, st = split_options(
+        option_values, (StabilityStudyOptions, options),
+        (StabilityStatsOptions, stats.to_kwargs() if type(stats) is StatsOptions else stats))
+    if groups is None or prompts is None or texts is None:
+        warnings.warn("stability_study without groups, prompts and texts is deprecated: pass "
+                      "them (groups=refit_groups(seeds=..., depths=..., backend=...), held-out "
+                      "texts as prompts and texts)", DeprecationWarning, stacklevel=2)
+    stab_opts = StabilityOptions(measure=opts.measure, null=opts.null, resid=True,
+                                 n_blocks=opts.n_blocks)
+    stab_opts.blocks_for(n_prompts if prompts is None else
+                         len(prompts.prompts if isinstance(prompts, PromptSet) else prompts))
     groups = list(groups) if groups is not None else refit_groups(seeds=seeds, depths=depths,
                                                                    backend=backend)
     if not groups or any(len(g.models) < 2 for g in groups):
         raise TLSpecError("every study group needs two or more models (seeds)")
-    prompts = list(prompts) if prompts is not None else heldout_texts(n_prompts)
-    texts = list(texts) if texts is not None else heldout_texts(16, offset=n_prompts)
+    if prompts is None or texts is None:
+        zoo_prompts, zoo_texts = _zoo_texts(n_prompts)
+        prompts = zoo_prompts if prompts is None else prompts
+        texts = zoo_texts if texts is None else texts
+    texts = list(texts)
     results: dict[str, StabilityResult] = {}
     importance: dict[str, list[np.ndarray]] = {}
     for g in groups:
-        results[g.name] = head_stability(g.models, prompts, measure=measure, null=null, resid=True,
-                                         n_blocks=n_blocks, n_resamples=n_resamples,
-                                         confidence=confidence, seed=seed, progress=progress)
+        results[g.name] = head_stability(g.models, prompts, options=stab_opts, stats=st,
+                                         progress=progress)
         importance[g.name] = [head_importance(m, texts, ablations=("mean",)).mean_ablation
                               for m in g.models]
+    claims = _claims(groups, results, importance, opts, st)
+    summaries = [dict(name=g.name, depth=g.depth, weight_decay=g.weight_decay,
+                      models=results[g.name].models, stability=results[g.name].stability,
+                      null=results[g.name].null, distinctness=results[g.name].distinctness,
+                      resid_cka=results[g.name].resid_cka, above_null=results[g.name].above_null,
+                      importance_mean=np.mean(importance[g.name], axis=0))
+                 for g in groups]
+    settings = dict(measure=opts.measure, n_prompts=results[groups[0].name].settings["n_prompts"],
+                    n_texts=len(texts), n_blocks=opts.n_blocks, null=opts.null,
+                    n_resamples=st.n_resamples, confidence=st.confidence, seed=st.seed,
+                    importance="mean ablation")
+    return StudyResult(measure=opts.measure, groups=summaries, claims=claims, settings=settings,
+                       provenance=provenance(groups[0].models[0], options=settings,
+                                             prompts=results[groups[0].name]
+                                             .provenance.get("prompts")))
+
+
+def _claims(groups: list[StudyGroup], results: dict[str, StabilityResult],
+            importance: dict[str, list[np.ndarray]], opts: StabilityStudyOptions,
+            st: StabilityStatsOptions) -> list[dict[str, Any]]:
+    """Every claim statistic: effect, paired bootstrap interval, verdict, units."""
+    n_blocks, n_resamples, confidence, seed = opts.n_blocks, st.n_resamples, st.confidence, st.seed
+
     def effect(k: int) -> Any:
         def statistic(idx: np.ndarray) -> np.ndarray:
             flat = idx.reshape(-1, idx.shape[-1])
@@ -214,18 +350,8 @@ def stability_study(
         if ci is None:
             ci = Interval(float("nan"), float("nan"), confidence, "none", "not testable", 0)
         holds = None if not np.isfinite(value) else bool(ci.low > 0)
-        if number == 5 and measure == "pattern":  # a correlation minus a CKA: no common scale
+        if number == 5 and opts.measure == "pattern":  # a correlation minus a CKA: no common scale
             holds, unit = None, unit + "; not comparable under measure='pattern' (use 'output')"
         claims.append(dict(id=number, claim=CLAIMS[number - 1], statistic=text, effect=value,
                            interval=ci, holds=holds, units=unit))
-    summaries = [dict(name=g.name, depth=g.depth, weight_decay=g.weight_decay,
-                      models=results[g.name].models, stability=results[g.name].stability,
-                      null=results[g.name].null, distinctness=results[g.name].distinctness,
-                      resid_cka=results[g.name].resid_cka, above_null=results[g.name].above_null,
-                      importance_mean=np.mean(importance[g.name], axis=0))
-                 for g in groups]
-    settings = dict(measure=measure, n_prompts=len(prompts), n_texts=len(texts),
-                    n_blocks=n_blocks, null=null, n_resamples=n_resamples,
-                    confidence=confidence, seed=seed, importance="mean ablation")
-    return StudyResult(measure=measure, groups=summaries, claims=claims, settings=settings,
-                       provenance=provenance(groups[0].models[0], options=settings))
+    return claims

@@ -5,11 +5,11 @@ Comparing heads across models needs both models' activations on the same tokens 
 more: attention patterns (``"pattern"``), each head's residual-stream contribution in
 ``d_head`` dimensions (``"output"``: ``z_h R_h`` with ``R_h R_h^T = W_O[h] W_O[h]^T``, padding
 zeroed) and the residual stream after each block (``"resid"``). The caller reduces them into
-running sums and calls :meth:`clear` before the next batch.
+running sums and calls :meth:`clear` before the next batch. It follows the
+:class:`~tl_spec.hooks.base.HookSet` protocol (``fwd_hooks``, iteration, ``bind``).
 
 >>> feats = BatchFeatures(model, keep=("output",))                  # doctest: +SKIP
->>> feats.attention_mask = mask                                      # doctest: +SKIP
->>> with model.hooks(fwd_hooks=feats.fwd_hooks):                     # doctest: +SKIP
+>>> with model.hooks(fwd_hooks=[*feats.bind(tokens, mask)]):         # doctest: +SKIP
 ...     model(tokens, return_type=None)
 >>> feats.output[0].shape  # [batch, pos, heads, d_head] for layer 0  # doctest: +SKIP
 """
@@ -22,24 +22,28 @@ from typing import Any
 import torch
 
 from tl_spec.errors import TLSpecError
-from tl_spec.hooks.capture import pattern_hook_name
+from tl_spec.hooks.base import HookSet
 from tl_spec.metrics.cka import output_factors
+from tl_spec.names import HookPoint, hook_name
 from tl_spec.tokens import real_tokens
 
 __all__ = ["FEATURES", "BatchFeatures"]
 
 FEATURES: tuple[str, ...] = ("pattern", "output", "resid")
-_HOOK = {"pattern": pattern_hook_name, "output": "blocks.{}.attn.hook_z".format,
-         "resid": "blocks.{}.hook_resid_post".format}
+#: The hook point each feature is read from.
+_POINT: dict[str, HookPoint] = {"pattern": "pattern", "output": "z", "resid": "resid_post"}
 
 
-class BatchFeatures:
+class BatchFeatures(HookSet):
     """Keep one batch's ``pattern`` / ``output`` / ``resid`` features per layer (see module doc).
 
     ``output`` and ``resid`` are cast to ``dtype`` with padded positions set to zero (so sums
-    over positions are sums over real tokens); ``pattern`` is kept as the model produced it.
+    over positions are sums over real tokens; :meth:`bind` or ``attention_mask`` gives the
+    batch's real tokens); ``pattern`` is kept as the model produced it.
 
     >>> feats = BatchFeatures(model, keep=("pattern", "resid"))  # doctest: +SKIP
+    >>> [name for name, _ in feats][:1]                           # doctest: +SKIP
+    ['blocks.0.attn.hook_pattern']
     """
 
     def __init__(self, model: Any, *, keep: Sequence[str], dtype: torch.dtype = torch.float64) -> None:
@@ -49,6 +53,7 @@ class BatchFeatures:
         self.keep = tuple(keep)
         self.dtype = dtype
         self.n_layers = int(model.cfg.n_layers)
+        self.tokens: torch.Tensor | None = None
         self.attention_mask: torch.Tensor | None = None
         self.factors: torch.Tensor | None = None
         if "output" in self.keep:
@@ -62,7 +67,7 @@ class BatchFeatures:
     @property
     def fwd_hooks(self) -> list[tuple[str, Callable[..., None]]]:
         """``(hook name, function)`` pairs for ``run_with_hooks`` or ``model.hooks``."""
-        return [(_HOOK[k](layer), self._make_hook(k, layer))
+        return [(hook_name(_POINT[k], layer), self._make_hook(k, layer))
                 for k in self.keep for layer in range(self.n_layers)]
 
     def _make_hook(self, kind: str, layer: int) -> Callable[..., None]:
