@@ -270,7 +270,7 @@ def test_options_defaults_round_trip_and_objects_equal_keywords(tl_model):
                                              n_resamples=200)
     by_objects = tl_spec.perturbation_probe(
         model, PROMPTS, options=ProbeOptions(sigma=0.1, seeds=(42,), layers=(0, 2)),
-        si_options=SIOptions(), stats_options=StatsOptions(n_resamples=200, seed=42))
+        si_options=SIOptions(), stats=StatsOptions(n_resamples=200, seed=42))
     assert by_objects.layers == by_keywords.layers == [0, 1]
     assert by_objects.response_pct == by_keywords.response_pct
     assert by_objects.interval == by_keywords.interval  # bootstrap seed: the first noise seed

@@ -260,6 +260,12 @@ def prepare_inputs(
             )
         pset = as_prompt_set(prompts) if isinstance(prompts, PromptSet) else None
         texts = validate_prompts(pset.prompts if pset else prompts)
+        if getattr(model, "tokenizer", "absent") is None:
+            raise TLSpecError(
+                f"the model has no tokenizer, so text prompts cannot be tokenized; pass token ids "
+                f"instead (a [batch, pos] integer tensor with its attention_mask, or a list of "
+                f"1-D tensors), or attach a tokenizer to the model"
+            )
         tokenized = tokenize(model, texts, max_length=max_length, prepend_bos=prepend_bos,
                              min_tokens=min_tokens)
         info = dict((pset or as_prompt_set(texts)).hashes())

@@ -182,7 +182,7 @@ def perturbation_probe(
     attention_mask: Any = None,
     options: ProbeOptions | None = None,
     si_options: SIOptions | None = None,
-    stats_options: StatsOptions | None = None,
+    stats: StatsOptions | None = None,
     progress: bool = False,
     **option_values: Any,
 ) -> ProbeResult:
@@ -191,7 +191,7 @@ def perturbation_probe(
     The response is the ratio of means: (mean over seeds of SI under noise - clean SI) / clean SI
     x 100. Its interval resamples prompts (each carrying its clean and all-seed noised
     statistics); the bootstrap's seed is ``seed`` when given (as a keyword or in
-    ``stats_options``), else the first noise seed.
+    ``stats``), else the first noise seed.
 
     Args:
         model: a ``HookedTransformer`` or ``TransformerBridge``.
@@ -200,7 +200,7 @@ def perturbation_probe(
         attention_mask: with a token tensor, 1 on real tokens (either padding side).
         options: a :class:`~tl_spec.options.noise.ProbeOptions` (sigma, seeds, layers, site, ...).
         si_options: a :class:`~tl_spec.options.SIOptions` (method, max_length, batch_size, ...).
-        stats_options: a :class:`~tl_spec.options.StatsOptions` (confidence, n_resamples, seed).
+        stats: a :class:`~tl_spec.options.StatsOptions` (confidence, n_resamples, seed).
         progress: show a progress bar over noise conditions.
         **option_values: any field of those three classes; keywords override the objects.
 
@@ -211,9 +211,9 @@ def perturbation_probe(
     >>> p.response_pct, p.interval, p.verdict  # doctest: +SKIP
     """
     opts, si, st = split_options(option_values, (ProbeOptions, options), (SIOptions, si_options),
-                                 (StatsOptions, stats_options))
+                                 (StatsOptions, stats))
     _per_prompt_only(si, "perturbation probe")
-    boot_seed = st.seed if ("seed" in option_values or stats_options is not None) else opts.seeds[0]
+    boot_seed = st.seed if ("seed" in option_values or stats is not None) else opts.seeds[0]
     require_pattern_hooks(model)
     inputs = prepare_inputs(model, prompts, attention_mask=attention_mask,
                             max_length=si.max_length, prepend_bos=si.prepend_bos)

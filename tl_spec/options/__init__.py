@@ -1,7 +1,9 @@
 """Options objects: one frozen, self-validating dataclass per experiment family.
 
 Each is the single source of its family's defaults for the Python API, the ``tl-spec`` flags and
-study files. Pass one as ``options=`` or give the same names as keyword arguments.
+study files. Pass one as ``options=`` (or the family's own keyword, e.g. ``si_options=``) or give
+the same names as keyword arguments; unknown names and bad values are refused on construction,
+before any model is loaded.
 
 >>> from tl_spec.options import SIOptions
 >>> SIOptions.build(method="entropy_profile").method
@@ -9,6 +11,8 @@ study files. Pass one as ``options=`` or give the same names as keyword argument
 """
 
 from tl_spec.options.base import Options, check_choice, check_number, option, split_options
+from tl_spec.options.importance import ImportanceOptions
+from tl_spec.options.noise import NoiseOptions, ProbeOptions, SensitivityOptions, SweepOptions
 from tl_spec.options.si import (
     METHODS,
     Aggregate,
@@ -19,7 +23,36 @@ from tl_spec.options.si import (
     StatDtype,
     StatsOptions,
 )
+from tl_spec.options.stability import (
+    MEASURES,
+    Measure,
+    StabilityOptions,
+    StabilityStatsOptions,
+    StabilityStudyOptions,
+)
 
-__all__ = ["METHODS", "Aggregate", "Method", "Options", "PaddingSide", "Region", "SIOptions",
-           "StatDtype", "StatsOptions", "check_choice", "check_number", "option",
-           "split_options"]
+__all__ = [
+    "MEASURES",
+    "METHODS",
+    "Aggregate",
+    "ImportanceOptions",
+    "Measure",
+    "Method",
+    "NoiseOptions",
+    "Options",
+    "PaddingSide",
+    "ProbeOptions",
+    "Region",
+    "SIOptions",
+    "SensitivityOptions",
+    "StabilityOptions",
+    "StabilityStatsOptions",
+    "StabilityStudyOptions",
+    "StatDtype",
+    "StatsOptions",
+    "SweepOptions",
+    "check_choice",
+    "check_number",
+    "option",
+    "split_options",
+]

@@ -32,6 +32,7 @@ Arity = Literal["one", "twin", "group"]
 _NOT_OPTIONS = frozenset({"progress", "stat_dtype"})
 _SI = "tl_spec.options.si:SIOptions"
 _STATS = "tl_spec.options.si:StatsOptions"
+_NOISE = "tl_spec.options.noise"
 # kinds whose intervals resample prompts (so they need two or more)
 _PROMPT_RESAMPLING = ("delta", "probe")
 
@@ -41,7 +42,9 @@ class Kind:
     """An experiment kind: ``func`` (``module:name``), arity, seed parameter, default prompts.
 
     ``families`` name the options classes (``module:Class``) whose fields are the kind's options;
-    ``extra`` are keyword arguments of the function itself that a study may set.
+    ``extra`` are keyword arguments of the function itself that a study may set; ``overrides``
+    are the function's own defaults where they differ from its options classes' (the sweep's
+    SI method).
     """
 
     name: str
@@ -51,6 +54,7 @@ class Kind:
     default_prompts: str
     families: tuple[str, ...] = ()
     extra: tuple[str, ...] = ()
+    overrides: tuple[tuple[str, Any], ...] = ()
     help: str = ""
 
     def function(self) -> Any:
@@ -72,6 +76,7 @@ class Kind:
         if self.extra:
             sig = inspect.signature(self.function())
             out.update({k: sig.parameters[k].default for k in self.extra})
+        out.update(dict(self.overrides))
         return out
 
     def defaults(self) -> dict[str, Any]:
@@ -92,10 +97,6 @@ class Kind:
         return split_options(values, *((cls, None) for cls in self.option_classes()))
 
 
-_DECONSTRUCT = Kind("deconstruct", "tl_spec.experiments.deconstruct:deconstruct", "one", "seed",
-                    "standard10_e06", help="loss and kept-layer SI under attention variants of "
-                    "each model (seed: the bootstrap's)")
-
 KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("si", "tl_spec.experiments.si:specialization_index", "one", None, "standard10",
          families=(_SI,), help="Specialization Index of each model"),
@@ -103,15 +104,23 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          families=(_SI, _STATS), extra=("chat_template", "allow_different_tokenizers"),
          help="ΔSI of each twin pair (seed: the bootstrap's)"),
     Kind("probe", "tl_spec.experiments.probe:perturbation_probe", "one", "seeds", "standard10",
+         families=(f"{_NOISE}:ProbeOptions", _SI, _STATS),
          help="perturbation probe of each model (seed: the noise seed)"),
     Kind("sweep", "tl_spec.experiments.probe:probe_sweep", "one", "seeds", "standard10",
+         families=(f"{_NOISE}:SweepOptions", _SI), overrides=(("method", "entropy_profile"),),
          help="E11-T sweep of each model (seed: the noise seed)"),
     Kind("sensitivity", "tl_spec.experiments.sensitivity:noise_sensitivity", "one", "seeds",
-         "e06", help="perplexity slope against sigma of each model (seed: the noise seed)"),
+         "e06", families=(f"{_NOISE}:SensitivityOptions",),
+         help="perplexity slope against sigma of each model (seed: the noise seed)"),
     Kind("stability", "tl_spec.experiments.stability:head_stability", "group", "seed",
-         "standard10", help="head stability of each group of models (seed: the null's and "
+         "standard10", families=("tl_spec.options.stability:StabilityOptions",
+                                 "tl_spec.options.stability:StabilityStatsOptions"),
+         help="head stability of each group of models (seed: the null's and bootstrap's)"),
+    Kind("deconstruct", "tl_spec.experiments.deconstruct:deconstruct", "one", "seed",
+         "standard10_e06", families=("tl_spec.options.deconstruct:DeconstructOptions",),
+         help="loss and kept-layer SI under attention variants of each model (seed: the "
          "bootstrap's)"),
-) + ((_DECONSTRUCT,) if importlib.util.find_spec("tl_spec.experiments.deconstruct") else ())}
+)}
 
 
 def layer_spec(value: Any) -> Any:
