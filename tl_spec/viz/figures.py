@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from jaxtyping import Float
 
 from tl_spec.colors import OKABE_ITO, oklch_to_hex
 from tl_spec.display import short_name
