@@ -265,3 +265,36 @@ def test_row_entropy_uniform_causal_rows_and_padding():
     ref = (-(a * np.log(np.clip(a, 1e-10, None))).sum(-1)).mean(-1)
     ones7 = torch.ones(1, 7, dtype=torch.bool)
     np.testing.assert_allclose(patterns.row_entropy(rp, ones7, ones7, dtype=F64)[0].numpy(), ref, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- capture hooks
+
+
+def test_pattern_stats_is_a_hookset_bound_per_batch(tl_model):
+    """PatternStats follows the HookSet protocol: iteration gives the (name, fn) pairs, and
+    ``bind(tokens, mask)`` sets the mask its hooks read (right-padded batch == prompts alone)."""
+    from tl_spec.hooks.base import HookSet
+    from tl_spec.hooks.capture import PatternStats, pattern_hook_name
+    from tl_spec.prompts import STANDARD_10
+
+    model = tl_model("llama-gqa", "bridge")
+    rows = [model.to_tokens(p)[0].cpu() for p in STANDARD_10[:3]]
+    n = max(len(r) for r in rows)
+    tokens = torch.zeros(len(rows), n, dtype=torch.long)
+    mask = torch.zeros(len(rows), n, dtype=torch.long)
+    for i, r in enumerate(rows):
+        tokens[i, : len(r)], mask[i, : len(r)] = r, 1
+    assert len({len(r) for r in rows}) > 1  # really ragged
+    stats = PatternStats(model, stats=("correlation",))
+    assert isinstance(stats, HookSet)
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
+    assert [name for name, _ in stats] == names == [pattern_hook_name(x) for x in range(len(names))]
+    assert stats.bind(tokens, mask) is stats and stats.attention_mask is mask
+    with torch.inference_mode(), model.hooks(fwd_hooks=[*stats]):
+        model(tokens, return_type=None)  # right padding: real tokens never see the pads
+    got = stats.collect()["correlation"]
+    for i, r in enumerate(rows):
+        one = PatternStats(model, stats=("correlation",)).bind(r[None], None)
+        with torch.inference_mode():
+            model.run_with_hooks(r[None], return_type=None, fwd_hooks=list(one))
+        np.testing.assert_allclose(got[i], one.collect()["correlation"][0], atol=1e-9)

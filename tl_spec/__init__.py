@@ -6,17 +6,20 @@ patterns inside the forward pass, model loading for both TransformerLens backend
 >>> import tl_spec
 >>> model = tl_spec.load_model("path/to/hf_checkpoint")                       # doctest: +SKIP
 >>> si = tl_spec.specialization_index(model, tl_spec.prompts.STANDARD_10)     # doctest: +SKIP
->>> print(si.table())                                                         # doctest: +SKIP
+>>> print(si.summary())                                                       # doctest: +SKIP
+>>> tl_spec.SIOptions(method="entropy_profile").method
+'entropy_profile'
 """
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from tl_spec import hooks, prompts, stats, viz, zoo
+from tl_spec import hooks, names, options, prompts, stats, viz, zoo
 from tl_spec.errors import TLSpecError, TLSpecWarning
 from tl_spec.experiments.deconstruct import DeconstructResult, deconstruct
 from tl_spec.experiments.delta import DeltaResult, delta_from_results, delta_si
+from tl_spec.experiments.importance import ImportanceResult, head_importance
 from tl_spec.experiments.probe import ProbeResult, SweepResult, perturbation_probe, probe_sweep
 from tl_spec.experiments.sensitivity import (
     SensitivityComparison,
@@ -24,7 +27,6 @@ from tl_spec.experiments.sensitivity import (
     compare_sensitivity,
     noise_sensitivity,
 )
-from tl_spec.experiments.importance import ImportanceResult, head_importance
 from tl_spec.experiments.si import SIResult, specialization_index
 from tl_spec.experiments.stability import StabilityResult, head_stability
 from tl_spec.experiments.stability_study import StudyGroup, StudyResult, stability_study
@@ -32,6 +34,7 @@ from tl_spec.experiments.variant_study import VariantStudyResult, trained_varian
 from tl_spec.hooks.capture import PatternStats
 from tl_spec.metrics.specialization import si_from_entropy_profile
 from tl_spec.models import ModelFacts, describe, load_model
+from tl_spec.options import SIOptions, StatsOptions
 from tl_spec.results import load_result
 
 try:
@@ -46,12 +49,14 @@ __all__ = [
     "ModelFacts",
     "PatternStats",
     "ProbeResult",
+    "SIOptions",
     "SIResult",
-    "StabilityResult",
-    "StudyGroup",
-    "StudyResult",
     "SensitivityComparison",
     "SensitivityResult",
+    "StabilityResult",
+    "StatsOptions",
+    "StudyGroup",
+    "StudyResult",
     "SweepResult",
     "TLSpecError",
     "TLSpecWarning",
@@ -62,18 +67,20 @@ __all__ = [
     "delta_from_results",
     "delta_si",
     "describe",
-    "load_model",
     "head_importance",
     "head_stability",
     "hooks",
+    "load_model",
     "load_result",
+    "names",
     "noise_sensitivity",
+    "options",
     "perturbation_probe",
     "probe_sweep",
     "prompts",
     "si_from_entropy_profile",
-    "stability_study",
     "specialization_index",
+    "stability_study",
     "stats",
     "trained_variants_study",
     "viz",

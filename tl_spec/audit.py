@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from tl_spec.errors import TLSpecError, TLSpecWarning
+from tl_spec.fileio import atomic_write_text
 from tl_spec.metrics.specialization import si_from_entropy_profile
 from tl_spec.stats import check_seeds
 
@@ -457,8 +458,6 @@ def run_audit(args: argparse.Namespace) -> int:
         if args.json == "-":
             sys.stdout.write(payload)
         else:
-            from tl_spec.fileio import atomic_write_text  # imports torch: only when writing
-
             atomic_write_text(args.json, payload)
             print(f"wrote {args.json}", file=sys.stderr)
     return 0

@@ -3,7 +3,7 @@
 SI of the GQA base by each definition; ΔSI base vs its DPO twin with an interval; the
 perturbation probe on both; a short noise-sensitivity comparison of the MHA and GQA bases; head
 stability when the refit set is cached. It prints a summary table and writes every result (JSON,
-with provenance) and, when the visualization package is present, an HTML report into ``out``.
+with provenance) and an offline HTML report into ``out``.
 
 >>> run_demo("tl_spec_demo")  # doctest: +SKIP
 """
@@ -16,51 +16,54 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from tl_spec.errors import TLSpecError, TLSpecWarning
+from tl_spec.experiments.delta import delta_si
+from tl_spec.experiments.probe import perturbation_probe
+from tl_spec.experiments.sensitivity import compare_sensitivity, noise_sensitivity
+from tl_spec.experiments.si import specialization_index
+from tl_spec.experiments.stability import head_stability
 from tl_spec.fileio import atomic_write_text
+from tl_spec.prompts import E06_TEXTS, STANDARD_10
+from tl_spec.viz.report import write_report
+from tl_spec.zoo import available, load
+from tl_spec.zoo.corpus import heldout_texts
 
 __all__ = ["run_demo"]
 
 
 def _steps() -> list[tuple[str, Callable[[dict[str, Any]], Any]]]:
-    import tl_spec
-    from tl_spec.prompts import E06_TEXTS, STANDARD_10
-    from tl_spec.zoo import load
-
     def models(state: dict[str, Any]) -> None:
         for name in ("base-gqa", "gqa-dpo-1", "base-mha"):
             state[name] = load(name)
 
     def si(state: dict[str, Any]) -> list[Any]:
-        return [tl_spec.specialization_index(state["base-gqa"], STANDARD_10, method=m)
+        return [specialization_index(state["base-gqa"], STANDARD_10, method=m)
                 for m in ("pattern", "entropy_profile", "normalized_entropy")]
 
     def delta(state: dict[str, Any]) -> Any:
-        return tl_spec.delta_si(state["base-gqa"], state["gqa-dpo-1"], STANDARD_10,
-                                n_resamples=10_000)
+        return delta_si(state["base-gqa"], state["gqa-dpo-1"], STANDARD_10, n_resamples=10_000)
 
     def probe(state: dict[str, Any]) -> list[Any]:
-        return [tl_spec.perturbation_probe(state[n], STANDARD_10, sigma=0.05)
+        return [perturbation_probe(state[n], STANDARD_10, sigma=0.05)
                 for n in ("base-gqa", "gqa-dpo-1")]
 
     def sensitivity(state: dict[str, Any]) -> list[Any]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", TLSpecWarning)  # fit quality is in the result
-            a, b = (tl_spec.noise_sensitivity(state[n], E06_TEXTS, sigmas=(0, 0.05, 0.1, 0.2))
+            a, b = (noise_sensitivity(state[n], E06_TEXTS, sigmas=(0, 0.05, 0.1, 0.2))
                     for n in ("base-mha", "base-gqa"))
-        return [a, b, tl_spec.compare_sensitivity(a, b)]
+        return [a, b, compare_sensitivity(a, b)]
 
     def stability(state: dict[str, Any]) -> Any:
-        from tl_spec.zoo import available
-        from tl_spec.zoo.corpus import heldout_texts
-
         ready = [e.name for e in available() if e.ready and e.name.startswith("refit-L2-wd0-s")]
         if len(ready) < 2:
             return None  # the summary says how to get the refits
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", TLSpecWarning)  # texts cut at 128 tokens, by design
-            return tl_spec.head_stability([load(n) for n in ready[:5]], heldout_texts(32),
-                                          measure="output", null=2, n_blocks=16)
+            return head_stability([load(n) for n in ready[:5]], heldout_texts(32),
+                                  measure="output", null=2, n_blocks=16)
 
     return [("load the embedded zoo", models), ("SI, three definitions", si),
             ("ΔSI base vs DPO twin", delta), ("perturbation probe", probe),
@@ -68,8 +71,6 @@ def _steps() -> list[tuple[str, Callable[[dict[str, Any]], Any]]]:
 
 
 def _summary(results: dict[str, Any]) -> str:
-    from tl_spec.zoo import available
-
     si = results["SI, three definitions"]
     d = results["ΔSI base vs DPO twin"]
     probes = results["perturbation probe"]
@@ -107,8 +108,6 @@ def _summary(results: dict[str, Any]) -> str:
 
 def run_demo(out: str | Path = "tl_spec_demo", *, progress: bool = True) -> dict[str, Any]:
     """Run the demo, write results into ``out``, return them (and print the summary)."""
-    from tqdm.auto import tqdm
-
     out_dir = Path(out)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -135,18 +134,13 @@ def run_demo(out: str | Path = "tl_spec_demo", *, progress: bool = True) -> dict
     text = _summary(results)
     text += "\n\nstep times: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
     report = _report(results, out_dir, state)
-    if report is not None:
-        text += f"\nHTML report: {report}"
+    text += f"\nHTML report: {report}"
     text += f"\nresult files: {out_dir}/ ({len(files)} JSON files, load with tl_spec.load_result)"
     atomic_write_text(out_dir / "summary.txt", text + "\n")
     print(text)
     return {"results": results, "files": files, "timings": timings, "report": report}
 
 
-def _report(results: dict[str, Any], out_dir: Path, state: dict[str, Any]) -> Path | None:
-    try:
-        from tl_spec.viz.report import write_report
-    except ImportError:
-        return None
+def _report(results: dict[str, Any], out_dir: Path, state: dict[str, Any]) -> Path:
     flat = [r for got in results.values() for r in (got if isinstance(got, list) else [got])]
     return write_report(flat, out_dir, model=state.get("base-gqa"))

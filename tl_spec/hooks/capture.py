@@ -7,8 +7,8 @@ pattern at once (masks for padding, causality and sliding windows applied) and k
 per-prompt tensors; no activation cache is ever held.
 
 >>> stats = PatternStats(model, stats=("correlation", "column_entropy"))  # doctest: +SKIP
->>> stats.attention_mask = mask                                          # doctest: +SKIP
->>> model.run_with_hooks(tokens, attention_mask=mask, fwd_hooks=stats.fwd_hooks)  # doctest: +SKIP
+>>> model.run_with_hooks(tokens, attention_mask=mask,                     # doctest: +SKIP
+...                      fwd_hooks=list(stats.bind(tokens, mask)))
 >>> stats.collect()["correlation"].shape  # [prompts, layers, heads, heads]  # doctest: +SKIP
 """
 
@@ -22,6 +22,7 @@ import torch
 from jaxtyping import Float
 
 from tl_spec.errors import TLSpecError
+from tl_spec.hooks.base import HookSet
 from tl_spec.metrics.patterns import (
     Region,
     check_region,
@@ -31,6 +32,7 @@ from tl_spec.metrics.patterns import (
     row_entropy,
 )
 from tl_spec.models import layer_windows, require_pattern_hooks
+from tl_spec.names import hook_name
 from tl_spec.tokens import real_tokens
 
 __all__ = ["STATS", "PatternStats", "Stat", "pattern_hook_name"]
@@ -45,22 +47,24 @@ def pattern_hook_name(layer: int) -> str:
     >>> pattern_hook_name(3)
     'blocks.3.attn.hook_pattern'
     """
-    return f"blocks.{layer}.attn.hook_pattern"
+    return hook_name("pattern", layer)
 
 
-class PatternStats:
+class PatternStats(HookSet):
     """Reduce attention patterns inside hooks, batch after batch, into per-prompt statistics.
 
     ``stats`` picks what to keep per prompt and layer: ``"correlation"`` (head x head Pearson
     correlation over the ``region``'s entries), ``"column_entropy"`` (normalized entropy of the
     mean attention row, as in the E11 notebooks), ``"row_entropy"`` (mean row entropy in nats),
     ``"mean_pattern"`` (running sum of patterns aligned at each prompt's first token, for the
-    paper's batch-averaged variant). Set :attr:`attention_mask` before each forward pass
-    (``None`` means every token is real); call :meth:`collect` at the end.
+    paper's batch-averaged variant). Before each forward pass, :meth:`bind` the batch's tokens and
+    attention mask (or set :attr:`attention_mask`; ``None`` means every token is real); call
+    :meth:`collect` at the end. A :class:`~tl_spec.hooks.base.HookSet`: iterating gives the
+    ``(name, fn)`` pairs, so it composes with other hook objects.
 
     >>> stats = PatternStats(model, stats=("row_entropy",))  # doctest: +SKIP
-    >>> with model.hooks(fwd_hooks=stats.fwd_hooks):          # doctest: +SKIP
-    ...     model(tokens)
+    >>> with model.hooks(fwd_hooks=[*stats.bind(tokens, mask)]):  # doctest: +SKIP
+    ...     model(tokens, attention_mask=mask)
     """
 
     def __init__(

@@ -15,14 +15,16 @@ default, float32 at least) whatever the model's dtype, in query-row chunks of bo
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from jaxtyping import Bool, Float
 
+from tl_spec.errors import TLSpecError
+from tl_spec.metrics.pearson import ZERO_VARIANCE_STD, pearson_from_moments
+from tl_spec.options.si import Region
+
 __all__ = [
-    "Region",
     "CHUNK_BYTES",
+    "Region",
     "ZERO_VARIANCE_STD",
     "check_region",
     "column_entropy",
@@ -32,12 +34,6 @@ __all__ = [
     "row_entropy",
 ]
 
-Region = Literal["lower", "full"]
-
-#: A head whose pattern has a standard deviation below this over the selected entries is treated
-#: as zero-variance: its correlations are undefined (NaN), excluded and counted by the callers.
-ZERO_VARIANCE_STD = 1e-6
-
 
 def check_region(region: str) -> None:
     """Raise a clear error unless ``region`` is ``"lower"`` or ``"full"``.
@@ -45,8 +41,6 @@ def check_region(region: str) -> None:
     >>> check_region("lower")
     """
     if region not in ("lower", "full"):
-        from tl_spec.errors import TLSpecError
-
         raise TLSpecError(
             f"unknown region {region!r}; use 'lower' (key <= query, inside any sliding window: "
             "the entries a causal head can attend to) or 'full' (the paper's flattening of the "
@@ -103,10 +97,11 @@ def head_correlations(
     """Pearson correlation between every pair of heads over each prompt's valid entries.
 
     One masked ``dtype`` copy per query-row chunk feeds a Gram matrix and row sums; the
-    covariance ``G - s s^T / n`` is formed on the small ``[heads, heads]`` result (in float64 by
-    default, where the subtraction costs nothing that matters for values in [0, 1]).
-    Zero-variance heads (std < :data:`ZERO_VARIANCE_STD`) get NaN rows and columns, diagonal
-    included, so callers can exclude and count them.
+    correlation follows from these moments (:func:`~tl_spec.metrics.pearson.pearson_from_moments`,
+    the one Pearson kernel) on the small ``[heads, heads]`` result, in float64 by default, where
+    the subtraction costs nothing that matters for values in [0, 1]. Zero-variance heads (std <
+    :data:`ZERO_VARIANCE_STD`) get NaN rows and columns, diagonal included, so callers can
+    exclude and count them.
 
     >>> p = torch.rand(2, 3, 4, 4)
     >>> c = head_correlations(p, torch.ones(2, 4, 4, dtype=torch.bool))
@@ -121,12 +116,8 @@ def head_correlations(
         x = torch.where(valid[:, None, rows], pattern[:, :, rows].to(dtype), 0.0).flatten(-2)
         gram += x @ x.transpose(-1, -2)
         total += x.sum(-1)
-    cov = gram - total[..., :, None] * total[..., None, :] / n[..., None]
-    sd = cov.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt()
-    corr = (cov / (sd[..., :, None] * sd[..., None, :])).clamp(-1.0, 1.0)
-    flat = sd < ZERO_VARIANCE_STD * n.sqrt()
-    bad = flat[..., :, None] | flat[..., None, :]
-    return torch.where(bad, torch.full_like(corr, float("nan")), corr)
+    sq = gram.diagonal(dim1=-2, dim2=-1)
+    return pearson_from_moments(gram, total, total, sq, sq, n)
 
 
 def cross_correlations(
@@ -162,13 +153,7 @@ def cross_correlations(
         sq_b += (xb * xb).sum(-1)
         tot_a += xa.sum(-1)
         tot_b += xb.sum(-1)
-    cov = cross - tot_a[..., :, None] * tot_b[..., None, :] / n[..., None]
-    sd_a = (sq_a - tot_a**2 / n).clamp_min(0).sqrt()
-    sd_b = (sq_b - tot_b**2 / n).clamp_min(0).sqrt()
-    corr = (cov / (sd_a[..., :, None] * sd_b[..., None, :])).clamp(-1.0, 1.0)
-    floor = ZERO_VARIANCE_STD * n.sqrt()
-    bad = (sd_a < floor)[..., :, None] | (sd_b < floor)[..., None, :]
-    return torch.where(bad, torch.full_like(corr, float("nan")), corr)
+    return pearson_from_moments(cross, tot_a, tot_b, sq_a, sq_b, n)
 
 
 def column_entropy(

@@ -21,6 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 from jaxtyping import Float
 
+from tl_spec.errors import TLSpecError
+from tl_spec.metrics.pearson import corrcoef_rows
+
 __all__ = [
     "CorrelationSummary",
     "corrcoef_rows",
@@ -49,23 +52,6 @@ def upper_mean(corr: Float[np.ndarray, "... n_heads n_heads"]) -> Float[np.ndarr
     total = np.where(ok, vals, 0.0).sum(-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
-
-
-def corrcoef_rows(x: Float[np.ndarray, "n_rows n_obs"]) -> Float[np.ndarray, "n_rows n_rows"]:
-    """Pearson correlation between rows, like ``np.corrcoef`` but silent: zero-variance rows give NaN.
-
-    >>> float(corrcoef_rows(np.array([[1.0, 2, 3], [2, 4, 6.5]]))[0, 1].round(3))
-    0.998
-    """
-    x = np.asarray(x, dtype=np.float64)
-    xc = x - x.mean(axis=1, keepdims=True)
-    cov = xc @ xc.T
-    sd = np.sqrt(np.diag(cov))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        corr = cov / np.outer(sd, sd)
-    corr[sd == 0, :] = np.nan
-    corr[:, sd == 0] = np.nan
-    return np.clip(corr, -1.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -147,8 +133,6 @@ def si_from_entropy_profile(entropies: Float[np.ndarray, "n_layers n_heads"]) ->
     """
     e = np.asarray(entropies, dtype=np.float64)
     if e.ndim != 2 or e.shape[0] < 2 or e.shape[1] < 2:
-        from tl_spec.errors import TLSpecError
-
         raise TLSpecError(
             f"entropy matrix must be [layers, heads] with at least 2 of each, got shape {e.shape}; "
             "pass the matrix stored as 'entropies' (layers first)."
@@ -166,14 +150,7 @@ def si_from_entropy_profiles(
     [2.0, 2.0]
     """
     e = np.asarray(entropies, dtype=np.float64)
-    xc = e - e.mean(axis=-2, keepdims=True)
-    cov = np.einsum("...lh,...lg->...hg", xc, xc)
-    sd = np.sqrt(np.diagonal(cov, axis1=-2, axis2=-1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        corr = np.clip(cov / (sd[..., :, None] * sd[..., None, :]), -1.0, 1.0)
-    flat = sd == 0
-    corr = np.where(flat[..., :, None] | flat[..., None, :], np.nan, corr)
-    return 1.0 - upper_mean(corr)
+    return 1.0 - upper_mean(corrcoef_rows(np.swapaxes(e, -1, -2)))
 
 
 def si_from_row_entropy(

@@ -1,8 +1,10 @@
 """Interactive and static views of per-head scores: head grids, offline reports, paper figures.
 
-Every view is generic over "a score per head" (a ``[layers, heads]`` array, an ``SIResult`` or a
-``DeltaResult``) and every page works with no network (CircuitsVis comes from the installed
-wheel). Figures need matplotlib, imported only when a figure is drawn.
+Every view is generic over "a score per head" (a ``[layers, heads]`` array, an ``SIResult``, a
+``DeltaResult`` or any result with a per-head heat map) and every page works with no network
+(CircuitsVis comes from the installed wheel). Paper figures take the result objects they draw
+(one, a list, or ``{label: result}``) or plain numbers; matplotlib is imported only when a
+figure is drawn.
 
 >>> import tl_spec.viz as viz
 >>> grid = viz.head_grid([[0.2, 0.5], [0.4, float("nan")]])
@@ -10,6 +12,7 @@ wheel). Figures need matplotlib, imported only when a figure is drawn.
 (2, 2)
 >>> viz.head_grid(si, model=model)                       # in Jupyter: click a head  # doctest: +SKIP
 >>> viz.write_report(["si.json", "delta.json"], "out")   # out/report.html           # doctest: +SKIP
+>>> fig, data = viz.perplexity_slope_figure({"MHA": sens_mha, "GQA": sens_gqa})     # doctest: +SKIP
 """
 
 from __future__ import annotations

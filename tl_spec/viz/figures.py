@@ -1,11 +1,20 @@
 """Static figures for papers (matplotlib, Agg backend, no global state): each returns the Figure
 and the data drawn, so tests check numbers rather than pixels; :func:`save` writes PNG and SVG.
 
+Every figure takes the result objects it draws: one result, a list of them, or a
+``{label: result}`` mapping (labels default to the model names), and the plain numbers it always
+took (``{label: value(s)}``); :func:`drawable` is the one place that normalisation happens.
+
 - :func:`delta_si_figure`: ΔSI by model with intervals (paper Fig. 1), from ``DeltaResult`` s;
-- :func:`perplexity_slope_figure`: slopes on a log scale (Fig. 2), ``name -> value(s)``;
-- :func:`probe_response_figure`: response % with the ±5 % null band and the +20 % line (Fig. 4);
-- :func:`si_by_layer_figure`: SI per layer of ``SIResult`` s;
-- :func:`stability_figure`: stability per layer with a null band.
+- :func:`perplexity_slope_figure`: slopes on a log scale (Fig. 2), from ``SensitivityResult`` s
+  (the per-seed PPL slopes) or ``name -> value(s)``;
+- :func:`probe_response_figure`: response % with the ±5 % null band and the +20 % line (Fig. 4),
+  from ``ProbeResult`` s (per-seed responses), ``SweepResult`` s (change per region and sigma) or
+  ``name -> value(s)``;
+- :func:`si_by_layer_figure`: SI per layer of ``SIResult`` s (a ``DeltaResult`` gives its base and
+  tuned), or ``name -> per-layer values``;
+- :func:`stability_figure`: stability per layer (``StabilityResult`` s or ``name -> values``) with
+  a null band.
 
 >>> fig, data = probe_response_figure({"A": 2.0, "B": [25.0, 31.0]})
 >>> data.series["B"]["mean"], data.notes["verdict"]
@@ -18,20 +27,28 @@ import functools
 import io
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from jaxtyping import Float
 
-from tl_spec.errors import TLSpecError
 from tl_spec.colors import OKABE_ITO, oklch_to_hex
+from tl_spec.display import short_name
+from tl_spec.errors import TLSpecError
+from tl_spec.experiments.delta import DeltaResult
+from tl_spec.experiments.probe import ProbeResult, SweepResult, verdict
+from tl_spec.experiments.sensitivity import SensitivityComparison, SensitivityResult
+from tl_spec.experiments.si import SIResult
+from tl_spec.experiments.stability import StabilityResult
+from tl_spec.fileio import atomic_write_bytes, atomic_write_text
+from tl_spec.records import Result
 
 __all__ = [
     "FigureData",
     "delta_si_figure",
+    "drawable",
     "perplexity_slope_figure",
     "probe_response_figure",
     "save",
@@ -68,7 +85,7 @@ class FigureData:
 
 
 def _figure(width: float = 6.4, height: float = 3.6) -> tuple[Any, Any]:
-    import matplotlib
+    import matplotlib  # matplotlib is optional and slow to import: only when a figure is drawn
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -91,42 +108,139 @@ def _styled(fn: Any) -> Any:
     return wrapper
 
 
-def _values(mapping: Mapping[str, Any], what: str) -> dict[str, np.ndarray]:
-    if not isinstance(mapping, Mapping) or not mapping:
-        raise TLSpecError(f"{what} must be a non-empty mapping name -> value(s)")
-    out = {}
-    for name, v in mapping.items():
-        arr = np.atleast_1d(np.asarray(v, dtype=np.float64))
-        if arr.ndim != 1 or arr.size == 0 or not np.isfinite(arr).all():
-            raise TLSpecError(f"{what}[{name!r}] must be finite number(s), got {v!r}")
-        out[str(name)] = arr
-    return out
+# ---------------------------------------------------------------- what a figure is given
 
-
-def _model_name(d: Any) -> str:
+def _model_name(d: DeltaResult) -> str:
     ref = str((d.provenance.get("tuned") or {}).get("model", "model"))
     return Path(ref).name or ref
 
 
+def _result_label(result: Result, index: int) -> str:
+    """The default label of a result drawn without one: its model (the tuned one for ΔSI)."""
+    if isinstance(result, DeltaResult):
+        return _model_name(result)
+    if isinstance(result, StabilityResult):
+        return result.measure
+    if isinstance(result, SensitivityComparison):
+        return " vs ".join(short_name(m) for m in result.models)
+    names = result.model_names()
+    return " / ".join(names) if names else f"{result.kind} {index}"
+
+
+def _unique(labels: list[str]) -> list[str]:
+    """Labels made distinct: a repeated label gets `` (2)``, `` (3)``, ..."""
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
+    return out
+
+
+def drawable(
+    data: Any,
+    what: str,
+    kinds: tuple[type, ...],
+    *,
+    names: Sequence[str] | None = None,
+    plain: bool = True,
+) -> dict[str, Any]:
+    """``{label: item}`` from what a figure is given: one result, a sequence of results, or a
+    ``{label: result or plain value(s)}`` mapping; the one normalisation every figure uses.
+
+    Results must be instances of ``kinds``; a result drawn without a label is labelled by its
+    model (:meth:`~tl_spec.records.Result.model_names`), repeated labels made distinct. Plain
+    values (numbers, arrays) are accepted only under a label (in a mapping) and only if
+    ``plain``; ``names`` relabels a list in order.
+
+    Args:
+        data: a result, a list / tuple of results, or a mapping label -> result or value(s).
+        what: the argument's name, for error messages.
+        kinds: the result classes this figure draws.
+        names: labels for a list of results (same length), instead of the model names.
+        plain: whether plain values are accepted in a mapping.
+
+    Returns:
+        ``{label: item}`` in the given order.
+
+    >>> drawable({"a": [1.0, 2.0]}, "slopes", (SensitivityResult,))
+    {'a': [1.0, 2.0]}
+    """
+    expected = " or ".join(k.__name__ for k in kinds)
+    if isinstance(data, Result):
+        pairs: list[tuple[str | None, Any]] = [(None, data)]
+    elif isinstance(data, Mapping):
+        if names is not None:
+            raise TLSpecError(f"names= labels a list of results; {what} is a mapping, whose keys "
+                              "already are the labels")
+        pairs = [(str(k), v) for k, v in data.items()]
+    elif isinstance(data, Iterable) and not isinstance(data, (str, bytes)):
+        pairs = [(None, v) for v in data]
+    else:
+        raise TLSpecError(f"{what} must be a {expected}, a list of them, or a mapping label -> "
+                          f"result{' or value(s)' if plain else ''}; got {type(data).__name__}")
+    if not pairs:
+        raise TLSpecError(f"{what} is empty: nothing to draw")
+    if names is not None:
+        labels = [str(n) for n in names]
+        if len(labels) != len(pairs):
+            raise TLSpecError(f"{len(labels)} names for {len(pairs)} results")
+        pairs = [(n, v) for n, (_, v) in zip(labels, pairs)]
+    for label, item in pairs:
+        if isinstance(item, Result) and not isinstance(item, kinds):
+            raise TLSpecError(f"{what}: cannot draw a {type(item).__name__} here; give "
+                              f"{expected} objects")
+        if not isinstance(item, Result) and (label is None or not plain):
+            hint = (" (plain values need a label: pass a mapping {label: values})" if plain
+                    else "")
+            raise TLSpecError(f"{what} must hold {expected} objects{hint}; got "
+                              f"{type(item).__name__}")
+    labels = _unique([label if label is not None else _result_label(item, i)
+                      for i, (label, item) in enumerate(pairs)])
+    return {label: item for label, (_, item) in zip(labels, pairs)}
+
+
+def _numbers(label: str, value: Any, what: str) -> np.ndarray:
+    """Finite number(s) as a 1-D float array (what every plain value must be)."""
+    try:
+        arr = np.atleast_1d(np.asarray(value, dtype=np.float64))
+    except (TypeError, ValueError):
+        arr = np.array([np.nan])
+    if arr.ndim != 1 or arr.size == 0 or not np.isfinite(arr).all():
+        raise TLSpecError(f"{what}[{label!r}] must be finite number(s), got {value!r}")
+    return arr
+
+
+def _expanded(
+    items: Mapping[str, Any], what: str, convert: Callable[[str, Any], dict[str, Any] | None]
+) -> dict[str, np.ndarray]:
+    """``{label: finite values}``: each result through ``convert`` (which may give several
+    labelled series, e.g. a sweep's regions), plain values as they are."""
+    out: dict[str, np.ndarray] = {}
+    for label, item in items.items():
+        got = convert(label, item) if isinstance(item, Result) else None
+        for name, value in (got if got is not None else {label: item}).items():
+            out[name] = _numbers(name, value, what)
+    return out
+
+
 @_styled
 def delta_si_figure(
-    deltas: Sequence[Any],
+    deltas: DeltaResult | Sequence[DeltaResult] | Mapping[str, DeltaResult],
     *,
     names: Sequence[str] | None = None,
     title: str = "ΔSI by model",
 ) -> tuple[Any, FigureData]:
     """ΔSI (%) per model with its interval; filled bars where the interval excludes 0.
 
-    >>> fig, data = delta_si_figure([d1, d2], names=["LLaMA-3.1", "Mistral"])  # doctest: +SKIP
-    """
-    from tl_spec.experiments.delta import DeltaResult
+    ``deltas``: one ``DeltaResult``, a list of them (labelled by the tuned model, or ``names``),
+    or ``{label: DeltaResult}``.
 
-    items = list(deltas)
-    if not items or not all(isinstance(d, DeltaResult) for d in items):
-        raise TLSpecError("deltas must be a non-empty list of DeltaResult (tl_spec.delta_si)")
-    labels = list(names) if names is not None else [_model_name(d) for d in items]
-    if len(labels) != len(items):
-        raise TLSpecError(f"{len(labels)} names for {len(items)} results")
+    >>> fig, data = delta_si_figure([d1, d2], names=["LLaMA-3.1", "Mistral"])  # doctest: +SKIP
+    >>> fig, data = delta_si_figure({"LLaMA-3.1": d1, "Mistral": d2})          # doctest: +SKIP
+    """
+    given = drawable(deltas, "deltas", (DeltaResult,), names=names, plain=False)
+    labels, items = list(given), list(given.values())
     est = [float(d.delta_pct) for d in items]
     low = [float(d.interval.low) for d in items]
     high = [float(d.interval.high) for d in items]
@@ -161,20 +275,34 @@ def delta_si_figure(
     return fig, FigureData("delta_si", "model", "ΔSI (%)", series, notes={"level": level})
 
 
+def _slopes(label: str, result: Any) -> dict[str, Any]:
+    """Per-seed PPL slopes of a sensitivity result (a comparison gives both of its models)."""
+    if isinstance(result, SensitivityComparison):
+        sub = drawable([result.a, result.b], "slopes", (SensitivityResult,))
+        return {f"{label}: {name}": [f.slope for f in r.fits] for name, r in sub.items()}
+    return {label: [f.slope for f in result.fits]}
+
+
 @_styled
 def perplexity_slope_figure(
-    slopes: Mapping[str, float | Sequence[float]],
+    slopes: SensitivityResult | Sequence[SensitivityResult] | Mapping[str, Any],
     *,
+    names: Sequence[str] | None = None,
     ylabel: str = "perplexity slope",
     title: str = "Perplexity slope by model",
 ) -> tuple[Any, FigureData]:
     """Slopes on a log scale: each value (e.g. per seed) as a point, the mean as a bar mark.
 
+    ``slopes``: ``SensitivityResult`` s (one, a list, or ``{label: result}``: the per-seed PPL
+    slopes, whose mean is the result's ``slope``; a ``SensitivityComparison`` gives both of its
+    models), or plain ``{label: value(s)}``.
+
     >>> fig, data = perplexity_slope_figure({"LLaMA-2": [16.7, 157.0, 46.4], "Mistral": 4.5e5})
     >>> [round(v) for v in data.series["LLaMA-2"]["mean"]]
     [73]
     """
-    vals = _values(slopes, "slopes")
+    given = drawable(slopes, "slopes", (SensitivityResult, SensitivityComparison), names=names)
+    vals = _expanded(given, "slopes", _slopes)
     bad = {n: v.tolist() for n, v in vals.items() if (v <= 0).any()}
     if bad:
         raise TLSpecError(f"a log scale needs positive slopes; non-positive: {bad}")
@@ -201,36 +329,69 @@ def perplexity_slope_figure(
     return fig, FigureData("perplexity_slope", "model", ylabel, series, notes={"yscale": "log"})
 
 
-def _verdict(mean: float, band: float, threshold: float) -> str:
-    from tl_spec.experiments.probe import verdict
+def _responses(label: str, result: Any) -> dict[str, Any]:
+    """Per-seed responses (%) of a probe; a sweep gives one series per region and nonzero sigma."""
+    if isinstance(result, ProbeResult):
+        return {label: result.response_per_seed}
+    return {f"{label}: {region} σ={sigma:g}": result.change_pct[i, j]
+            for i, region in enumerate(result.regions)
+            for j, sigma in enumerate(result.sigmas) if sigma != 0}
 
-    return verdict(mean, stable=band, suppressed=threshold)
+
+def _result_bands(items: Mapping[str, Any]) -> tuple[float, float]:
+    """The verdict bands recorded in the first probe result, else the paper's ±5 % and +20 %."""
+    for item in items.values():
+        if isinstance(item, ProbeResult):
+            return (float(item.bands.get("stable_within", 5.0)),
+                    float(item.bands.get("suppressed_above", 20.0)))
+    return 5.0, 20.0
 
 
 @_styled
 def probe_response_figure(
-    responses: Mapping[str, float | Sequence[float]],
+    responses: ProbeResult | SweepResult | Sequence[ProbeResult | SweepResult] | Mapping[str, Any],
     *,
-    band: float = 5.0,
-    threshold: float = 20.0,
+    names: Sequence[str] | None = None,
+    band: float | None = None,
+    threshold: float | None = None,
     title: str = "Probe response",
 ) -> tuple[Any, FigureData]:
     """Response (%) per model as horizontal bars, with the ±``band`` null band and ``threshold``.
 
+    ``responses``: ``ProbeResult`` s (one, a list, or ``{label: result}``: the per-seed responses,
+    whose mean is the result's ``response_pct``), ``SweepResult`` s (one bar per region and
+    nonzero sigma: the per-seed SI change), or plain ``{label: value(s)}``. ``band`` and
+    ``threshold`` default to the bands recorded in the first probe result (else 5 and 20).
     Verdicts are the paper's Table 2 reading (:func:`tl_spec.experiments.probe.verdict`).
+
+    Args:
+        responses: the results or values to draw.
+        names: labels for a list of results, instead of the model names.
+        band: half-width of the stable band (%).
+        threshold: response (%) above which a model reads as suppressed.
+        title: the figure title.
+
+    Returns:
+        The figure and the data drawn (per series the values and their mean; verdicts in notes).
+
+    >>> fig, data = probe_response_figure(probe_result)  # doctest: +SKIP
     """
-    vals = _values(responses, "responses")
+    given = drawable(responses, "responses", (ProbeResult, SweepResult), names=names)
+    vals = _expanded(given, "responses", _responses)
+    default_band, default_threshold = _result_bands(given)
+    band = default_band if band is None else band
+    threshold = default_threshold if threshold is None else threshold
     if not (0 <= band < threshold):
         raise TLSpecError(f"need 0 <= band < threshold, got band={band}, threshold={threshold}")
     n = len(vals)
     fig, ax = _figure(6.0, max(1.8, 0.42 * n + 1.1))
     ax.axvspan(-band, band, color=BAND, zorder=0, label=f"±{band:g} %: stable (healthy)")
     ax.axvline(threshold, color=POS, linestyle="--", linewidth=1, label=f"> +{threshold:g} %: suppressed (pathological)")
-    series, verdict = {}, {}
+    series, verdicts = {}, {}
     for i, (name, v) in enumerate(vals.items()):
         y = n - 1 - i
         mean = float(v.mean())
-        verdict[name] = _verdict(mean, band, threshold)
+        verdicts[name] = verdict(mean, stable=band, suppressed=threshold)
         color = POS if mean >= threshold else NEG if mean <= -band else MUTED
         ax.barh(y, mean, height=0.55, color=color, alpha=0.85, zorder=2)
         if len(v) > 1:
@@ -252,12 +413,28 @@ def probe_response_figure(
     ax.legend(loc="lower right", fontsize=7.5)
     return fig, FigureData("probe_response", "model", "response (%)", series,
                            bands={"stable": [-band, band], "suppressed": [threshold, math.inf]},
-                           notes={"verdict": verdict})
+                           notes={"verdict": verdicts})
+
+
+def _si_lines(label: str, item: Any) -> list[tuple[str, np.ndarray, SIResult | None]]:
+    """``(label, per-layer SI, result or None)`` lines of one entry (ΔSI: base and tuned)."""
+    if isinstance(item, DeltaResult):
+        return [(f"{label}: base", item.base.per_layer, item.base),
+                (f"{label}: tuned", item.tuned.per_layer, item.tuned)]
+    if isinstance(item, SIResult):
+        return [(label, item.per_layer, item)]
+    try:
+        arr = np.atleast_1d(np.asarray(item, dtype=np.float64))
+    except (TypeError, ValueError):
+        arr = np.empty((0, 0))
+    if arr.ndim != 1 or arr.size == 0:
+        raise TLSpecError(f"results[{label!r}] must be per-layer SI values, got {item!r}")
+    return [(label, arr, None)]
 
 
 @_styled
 def si_by_layer_figure(
-    results: Sequence[Any],
+    results: SIResult | DeltaResult | Sequence[SIResult | DeltaResult] | Mapping[str, Any],
     *,
     names: Sequence[str] | None = None,
     relative_depth: bool | None = None,
@@ -265,31 +442,42 @@ def si_by_layer_figure(
 ) -> tuple[Any, FigureData]:
     """SI per layer, one line per ``SIResult``; x is relative depth when the depths differ.
 
-    >>> fig, data = si_by_layer_figure([si_a, si_b], names=["base", "tuned"])  # doctest: +SKIP
-    """
-    from tl_spec.experiments.si import SIResult
+    ``results``: ``SIResult`` s (one, a list, or ``{label: result}``; a ``DeltaResult`` draws its
+    base and tuned), or plain ``{label: per-layer SI}``. Missing layers (NaN) are gaps.
 
-    items = list(results)
-    if not items or not all(isinstance(r, SIResult) and r.per_layer is not None for r in items):
+    Args:
+        results: the results or values to draw.
+        names: labels for a list of results, instead of the model names.
+        relative_depth: x as layer / (L - 1); default: only when the depths differ.
+        title: the figure title (the SI method is appended when known).
+
+    Returns:
+        The figure and the data drawn (per line x and y, None for a missing layer).
+
+    >>> fig, data = si_by_layer_figure([si_a, si_b], names=["base", "tuned"])  # doctest: +SKIP
+    >>> fig, data = si_by_layer_figure({"base": [0.3, 0.5, 0.6]})
+    >>> data.series["base"]["y"]
+    [0.3, 0.5, 0.6]
+    """
+    given = drawable(results, "results", (SIResult, DeltaResult), names=names)
+    lines = [line for label, item in given.items() for line in _si_lines(label, item)]
+    if any(y is None for _, y, _ in lines):
         raise TLSpecError("results must be SIResult objects with per-layer SI (method 'pattern' "
                           "or 'normalized_entropy'; entropy_profile has one number per model)")
-    labels = list(names) if names is not None else [
-        Path(str(r.provenance.get("model", f"model {i}"))).name for i, r in enumerate(items)]
-    if len(labels) != len(items):
-        raise TLSpecError(f"{len(labels)} names for {len(items)} results")
-    depths = {r.n_layers for r in items}
+    depths = {len(y) for _, y, _ in lines}
     rel = len(depths) > 1 if relative_depth is None else relative_depth
     fig, ax = _figure(6.0, 3.4)
     series = {}
-    for i, (name, r) in enumerate(zip(labels, items)):
-        y = r.per_layer.astype(float)
+    for i, (name, per_layer, r) in enumerate(lines):
+        y = np.asarray(per_layer, dtype=float)
         x = np.arange(len(y)) / max(len(y) - 1, 1) if rel else np.arange(len(y))
         ax.plot(x, y, marker="o", markersize=3.5, linewidth=1.6, color=OKABE_ITO[i % 8],
-                label=f"{name} (SI {r.value:.3f})")
+                label=name if r is None else f"{name} (SI {r.value:.3f})")
         series[name] = {"x": x.tolist(), "y": [None if not np.isfinite(v) else float(v) for v in y]}
+    methods = sorted({r.method for _, _, r in lines if r is not None})
     ax.set_xlabel("relative depth" if rel else "layer")
     ax.set_ylabel("SI")
-    ax.set_title(f"{title} ({items[0].method})")
+    ax.set_title(f"{title} ({', '.join(methods)})" if methods else title)
     if not rel:
         ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=8)
@@ -299,8 +487,9 @@ def si_by_layer_figure(
 
 @_styled
 def stability_figure(
-    stability: Mapping[str, Float[np.ndarray, "n_layers"] | Sequence[float]],
+    stability: StabilityResult | Sequence[StabilityResult] | Mapping[str, Any],
     *,
+    names: Sequence[str] | None = None,
     null_band: tuple[Any, Any] | None = None,
     ylabel: str = "stability",
     title: str = "Stability by layer",
@@ -308,11 +497,25 @@ def stability_figure(
     """Stability per layer, one line per name, over the null band (``(low, high)``, scalars or
     per-layer arrays), e.g. the 2.5/97.5 % quantiles of a permutation null.
 
+    ``stability``: ``StabilityResult`` s (one, a list labelled by measure, or ``{label: result}``:
+    the per-layer ``stability``), or plain ``{label: per-layer values}``.
+
+    Args:
+        stability: the results or values to draw.
+        names: labels for a list of results, instead of their measures.
+        null_band: ``(low, high)``, scalars or one value per layer each.
+        ylabel: the y-axis label.
+        title: the figure title.
+
+    Returns:
+        The figure and the data drawn (per line x and y; the null band in ``bands``).
+
     >>> fig, data = stability_figure({"base": [0.9, 0.8]}, null_band=(0.1, 0.3))
     >>> data.bands
     {'null_low': [0.1, 0.1], 'null_high': [0.3, 0.3]}
     """
-    vals = _values(stability, "stability")
+    given = drawable(stability, "stability", (StabilityResult,), names=names)
+    vals = _expanded(given, "stability", lambda label, r: {label: r.stability})
     n = max(len(v) for v in vals.values())
     fig, ax = _figure(6.0, 3.4)
     bands: dict[str, list[float]] = {}
@@ -350,8 +553,6 @@ def save(
     ('.png', '.svg', True)
     """
     import matplotlib
-
-    from tl_spec.fileio import atomic_write_bytes, atomic_write_text
 
     base = Path(path_without_ext)
     if base.suffix.lower() in (".png", ".svg"):

@@ -19,25 +19,27 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Union
 
 import numpy as np
 from jaxtyping import Float
 
-from tl_spec.errors import TLSpecError
 from tl_spec.colors import ColorScale, oklch_to_hex, text_color
+from tl_spec.errors import TLSpecError
+from tl_spec.experiments.delta import DeltaResult
+from tl_spec.experiments.si import SIResult
+from tl_spec.fileio import atomic_write_text
+from tl_spec.models import load_model, model_id
+from tl_spec.prompts import STANDARD_10
+from tl_spec.records import Result
 from tl_spec.viz.html import data_script, esc, page, runtime_tags
 from tl_spec.viz.patterns import MAX_TOKENS, PatternSet, capture_patterns, check_decimals
 
-if TYPE_CHECKING:
-    from tl_spec.experiments.delta import DeltaResult
-    from tl_spec.experiments.si import SIResult
-
 __all__ = ["HeadGrid", "Scores", "format_value", "head_grid", "resolve_scores"]
 
-# A score per head: a [layers, heads] array, an SIResult (per_head) or a DeltaResult (per_head_delta).
-Scores = Union[Float[np.ndarray, "n_layers n_heads"], Sequence[Sequence[float]], "SIResult",
-               "DeltaResult"]
+# A score per head: a [layers, heads] array, an SIResult (per_head), a DeltaResult
+# (per_head_delta), or any result with a per-head heat map (Result.heat()).
+Scores = Union[Float[np.ndarray, "n_layers n_heads"], Sequence[Sequence[float]], Result]
 
 PATTERN_COLORS = {"pattern": oklch_to_hex(0.42, 0.11, 250.0),
                   "negative": oklch_to_hex(0.45, 0.14, 258.0),
@@ -57,13 +59,14 @@ def format_value(value: float) -> str:
 
 
 def resolve_scores(scores: Scores) -> tuple[Float[np.ndarray, "n_layers n_heads"], dict[str, Any]]:
-    """``[L, H]`` scores from an array, an ``SIResult`` (per_head) or a ``DeltaResult``.
+    """``[L, H]`` scores from an array, an ``SIResult`` (per_head), a ``DeltaResult``
+    (per_head_delta) or any other result with a per-head heat map (:meth:`Result.heat`).
 
     Returns the array and defaults taken from the result (title, meaning, twins, diverging).
-    """
-    from tl_spec.experiments.delta import DeltaResult
-    from tl_spec.experiments.si import SIResult
 
+    >>> resolve_scores([[0.5, 1.0]])[0].tolist()
+    [[0.5, 1.0]]
+    """
     meta: dict[str, Any] = {}
     if isinstance(scores, DeltaResult):
         arr = scores.per_head_delta
@@ -78,6 +81,13 @@ def resolve_scores(scores: Scores) -> tuple[Float[np.ndarray, "n_layers n_heads"
                 "subtitle": scores.settings.get("per_head_meaning", ""),
                 "prepend_bos": scores.settings.get("prepend_bos"),
                 "models": (scores.provenance.get("model"),)}
+    elif isinstance(scores, Result):
+        heat = scores.heat()
+        if heat is None:
+            raise TLSpecError(f"a {type(scores).__name__} has no per-head scores to draw; pass a "
+                              "[layers, heads] array")
+        caption, arr, diverging = heat
+        meta = {"title": caption, "twins": False, "diverging": diverging}
     else:
         arr = scores
     try:
@@ -93,8 +103,6 @@ def resolve_scores(scores: Scores) -> tuple[Float[np.ndarray, "n_layers n_heads"
 
 
 def _model_label(model: Any, fallback: str) -> str:
-    from tl_spec.models import model_id
-
     try:
         text = model_id(model)
     except Exception:  # noqa: BLE001 (a look-alike without cfg: keep the fallback)
@@ -241,8 +249,6 @@ class HeadGrid:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`to_page` to ``path`` atomically; returns the path."""
-        from tl_spec.fileio import atomic_write_text
-
         target = Path(path)
         if target.is_dir():
             raise TLSpecError(f"{target} is a directory; give a file name such as grid.html")
@@ -262,8 +268,6 @@ def _unique(sets: Sequence[PatternSet]) -> list[PatternSet]:
 
 
 def _as_models(refs: Sequence[Any]) -> tuple[Any, ...]:
-    from tl_spec.models import load_model
-
     return tuple(load_model(m) if isinstance(m, (str, os.PathLike)) else m for m in refs)
 
 
@@ -341,8 +345,6 @@ def head_grid(
 
 
 def _prompt_list(prompt: str | Sequence[str] | None) -> list[str]:
-    from tl_spec.prompts import STANDARD_10
-
     if prompt is None:
         return [STANDARD_10[0]]
     items = [prompt] if isinstance(prompt, str) else list(prompt)

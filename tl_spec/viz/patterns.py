@@ -26,6 +26,10 @@ import torch
 from jaxtyping import Float
 
 from tl_spec.errors import TLSpecError
+from tl_spec.experiments.run import model_device
+from tl_spec.models import require_pattern_hooks
+from tl_spec.names import hook_name
+from tl_spec.tokens import tokenize
 from tl_spec.viz.html import content_key
 
 __all__ = ["MAX_TOKENS", "PatternSet", "capture_patterns", "check_decimals", "token_strings"]
@@ -159,10 +163,6 @@ def capture_patterns(
     >>> ps.shape  # doctest: +SKIP
     (3, 8, 4)
     """
-    from tl_spec.experiments.run import model_device
-    from tl_spec.models import require_pattern_hooks
-    from tl_spec.tokens import tokenize
-
     check_decimals(decimals)
     if not isinstance(max_length, int) or not 2 <= max_length <= MAX_TOKENS:
         raise TLSpecError(f"max_length for a drill-down is 2..{MAX_TOKENS} tokens, got "
@@ -178,7 +178,7 @@ def capture_patterns(
 
         return hook
 
-    hooks = [(f"blocks.{layer}.attn.hook_pattern", keep(layer)) for layer in range(n_layers)]
+    hooks = [(hook_name("pattern", layer), keep(layer)) for layer in range(n_layers)]
     tokens = torch.tensor([ids], device=model_device(model))
     with torch.inference_mode():
         model.run_with_hooks(tokens, return_type=None, fwd_hooks=hooks)

@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from tl_spec.errors import TLSpecError
+from tl_spec.fileio import atomic_write_text
+from tl_spec.records import versions
+from tl_spec.results import load_result
 from tl_spec.viz.html import data_script, esc, page
 from tl_spec.viz.patterns import check_decimals
 from tl_spec.viz.sections import ReportContext, Section, render_section
@@ -79,8 +82,6 @@ body.tlspec{margin:0;background:#f6f8fa}
 
 def _check_inputs(results: Sequence[Any], out_dir: Any, model: Any, tuned_model: Any,
                   prompt: Any) -> list[Any]:
-    from tl_spec.results import load_result
-
     if isinstance(results, (str, os.PathLike)) or not results:
         raise TLSpecError("results must be a non-empty list of result files (or result objects); "
                           "wrap a single file in a list")
@@ -123,9 +124,7 @@ def render_report(
 
 
 def _render(results: Sequence[Any], loaded: list[Any], ctx: ReportContext, title: str | None) -> str:
-    import circuitsvis
-
-    import tl_spec
+    import circuitsvis  # a large wheel, needed only when a report is rendered
 
     sections = [render_section(r, ctx) for r in loaded]
     sets = {ps.key: ps for s in sections for g in s.grids for ps in g.pattern_sets}
@@ -143,7 +142,7 @@ def _render(results: Sequence[Any], loaded: list[Any], ctx: ReportContext, title
         f'<ul class="r-toc">{toc}</ul></header>'
         + "".join(_section_html(i, s) for i, s in enumerate(sections, 1))
         + "".join(data_script(ps.to_json(), "tlspec-patterns", key=k) for k, ps in sets.items())
-        + f'<p class="r-foot">Written by tl_spec {esc(tl_spec.__version__)} with CircuitsVis '
+        + f'<p class="r-foot">Written by tl_spec {esc(versions()["tl_spec"])} with CircuitsVis '
         f"{esc(circuitsvis.__version__)} (inlined from the installed wheel); works offline. "
         f"Attention values are rounded to {10 ** -ctx.decimals:g}.</p></div>"
     )
@@ -169,8 +168,6 @@ def write_report(
     >>> write_report(["si.json"], "out", model="ckpt_dir")   # doctest: +SKIP
     PosixPath('out/report.html')
     """
-    from tl_spec.fileio import atomic_write_text
-
     check_decimals(decimals)
     loaded = _check_inputs(results, out_dir, model, tuned_model, prompt)
     html = _render(results, loaded, ReportContext(model=model, tuned_model=tuned_model,

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 
 from tl_spec.errors import TLSpecError, TLSpecWarning
+from tl_spec.models import load_model, model_id
+from tl_spec.prompts import STANDARD_10
 from tl_spec.viz.grid import HeadGrid, head_grid
 from tl_spec.viz.html import esc
 from tl_spec.viz.patterns import PatternSet, capture_patterns
@@ -83,14 +85,10 @@ class ReportContext:
         return f"{prefix}-{self.n_grids}"
 
     def the_prompt(self) -> str:
-        from tl_spec.prompts import STANDARD_10
-
         return self.prompt if self.prompt is not None else STANDARD_10[0]
 
     def resolve(self, given: Any, recorded: Any, flag: str = "--model") -> tuple[Any, str]:
         """A model to run (or ``None``) and, if none, why: given > recorded local directory."""
-        from tl_spec.models import load_model
-
         ref = given if given is not None else recorded
         if ref is None:
             return None, f"the result records no model; pass {flag} PATH to add attention patterns"
@@ -114,8 +112,6 @@ class ReportContext:
 
     def patterns(self, model: Any, result: Any) -> PatternSet:
         """Patterns of ``model`` on the report's prompt, captured once per model and settings."""
-        from tl_spec.models import model_id
-
         settings = getattr(result, "settings", {}) or {}
         bos = settings.get("prepend_bos")
         max_len = int(settings.get("max_length", 128) or 128)
