@@ -3,6 +3,12 @@
 The only module that knows ``HookedTransformer`` from ``TransformerBridge``. Every analysis in
 tl_spec takes any object that fits :class:`TLModel` (both backends, or a look-alike).
 
+This is the lowest model-running layer: it imports neither the hooks nor the zoo. What a local
+checkpoint may carry beyond Hugging Face's files (e.g. an attention variant it was trained with)
+is attached by a :class:`CheckpointExtension` that a higher module registers with
+:func:`register_checkpoint_extension` when it is imported (:mod:`tl_spec.zoo.variant_models`
+does, and ``import tl_spec`` imports it).
+
 >>> from tl_spec.models import load_model, describe
 >>> model = load_model("path/to/hf_checkpoint", backend="bridge")  # doctest: +SKIP
 >>> describe(model).attention  # doctest: +SKIP
@@ -12,11 +18,13 @@ tl_spec takes any object that fits :class:`TLModel` (both backends, or a look-al
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -24,18 +32,22 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import torch
 
 from tl_spec.errors import TLSpecError
+from tl_spec.names import hook_name
 
 __all__ = [
     "Backend",
+    "CheckpointExtension",
     "ModelFacts",
     "TLModel",
     "backend_name",
+    "checkpoint_extensions",
     "describe",
     "layer_windows",
     "load_model",
     "model_id",
     "can_start_at_layer",
     "random_init_like",
+    "register_checkpoint_extension",
     "resolve_dtype",
     "require_pattern_hooks",
 ]
@@ -67,6 +79,61 @@ class TLModel(Protocol):
     def hooks(self, *args: Any, **kwargs: Any) -> Any: ...
 
     def to_tokens(self, *args: Any, **kwargs: Any) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class CheckpointExtension:
+    """Something a local checkpoint directory carries beyond Hugging Face's files, attached on load.
+
+    :func:`load_model` asks every registered extension to ``read`` the checkpoint directory
+    before the weights load (a damaged record fails fast) and, for each record found, calls
+    ``attach(model, record)`` on the loaded model. ``attach`` must set ``model.<attribute>`` to
+    the record: :func:`random_init_like` re-attaches it to its copy, whose deep-copied hooks would
+    still point at the original model.
+
+    Attributes:
+        name: what the extension is, for messages (also its registry key).
+        read: ``read(path) -> record | None`` for a checkpoint directory ``path``.
+        attach: ``attach(model, record)``: attach the record (e.g. as permanent hooks).
+        attribute: the model attribute that holds the attached record.
+
+    >>> ext = CheckpointExtension("demo", read=lambda path: None, attach=lambda m, r: m,
+    ...                           attribute="demo_record")
+    >>> ext.name
+    'demo'
+    """
+
+    name: str
+    read: Callable[[Path], Any]
+    attach: Callable[[Any, Any], Any]
+    attribute: str
+
+
+_EXTENSIONS: dict[str, CheckpointExtension] = {}
+
+
+def register_checkpoint_extension(extension: CheckpointExtension) -> None:
+    """Register ``extension`` with :func:`load_model` (again under the same name replaces it).
+
+    >>> register_checkpoint_extension("not an extension")
+    Traceback (most recent call last):
+    ...
+    tl_spec.errors.TLSpecError: register_checkpoint_extension takes a CheckpointExtension, got str
+    """
+    if not isinstance(extension, CheckpointExtension):
+        raise TLSpecError("register_checkpoint_extension takes a CheckpointExtension, got "
+                          f"{type(extension).__name__}")
+    _EXTENSIONS[extension.name] = extension
+
+
+def checkpoint_extensions() -> tuple[CheckpointExtension, ...]:
+    """The registered checkpoint extensions, in registration order.
+
+    >>> import tl_spec
+    >>> [e.name for e in checkpoint_extensions()]
+    ['attention variant']
+    """
+    return tuple(_EXTENSIONS.values())
 
 
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
@@ -124,9 +191,11 @@ def load_model(
     architecture HF has); ``"hooked"`` a ``HookedTransformer`` (TransformerLens 3.x only; local
     directories are converted from their config, weights unprocessed); ``"auto"`` takes the
     bridge for local directories and on TransformerLens 4, and ``HookedTransformer`` for hub names
-    TransformerLens 3 knows. Extra ``kwargs`` go to the backend's loader. A checkpoint trained
-    with an attention variant (``tl_spec_variant.json``, :mod:`tl_spec.zoo.variant_models`) gets
-    that variant attached as permanent hooks.
+    TransformerLens 3 knows. Extra ``kwargs`` go to the backend's loader. What a local checkpoint
+    carries beyond Hugging Face's files is attached by the registered
+    :class:`CheckpointExtension` objects: a checkpoint trained with an attention variant
+    (``tl_spec_variant.json``, registered by :mod:`tl_spec.zoo.variant_models`) gets that variant
+    as permanent hooks.
 
     >>> load_model("gpt2", backend="hooked", dtype="float32")  # doctest: +SKIP
     """
@@ -152,20 +221,19 @@ def load_model(
         backend = "bridge"
         if not local and _has_hooked() and _tl_major() < 4 and _is_official(name):
             backend = "hooked"
-    spec = None
-    if local:  # a checkpoint trained with an attention variant carries it in a small file
-        from tl_spec.zoo.variant_models import read_spec
-
-        spec = read_spec(Path(name).expanduser())
+    carried = []  # records read before the weights load, so a damaged one fails fast
+    if local:
+        for extension in checkpoint_extensions():
+            record = extension.read(Path(name).expanduser())
+            if record is not None:
+                carried.append((extension, record))
     with _quiet_hf():
         if backend == "bridge":
             model = _load_bridge(name, dtype, device, kwargs)
         else:
             model = _load_hooked(name, local, dtype, device, kwargs)
-    if spec is not None:
-        from tl_spec.zoo.variant_models import attach
-
-        attach(model, spec)
+    for extension, record in carried:
+        extension.attach(model, record)
     return model
 
 
@@ -310,8 +378,6 @@ def random_init_like(model: Any, seed: int) -> Any:
 
     >>> null = random_init_like(model, seed=1)  # doctest: +SKIP
     """
-    import copy
-
     kind = backend_name(model)
     if kind not in ("hooked", "bridge"):
         raise TLSpecError(
@@ -329,12 +395,12 @@ def random_init_like(model: Any, seed: int) -> Any:
             hf = clone.original_model
             for module in hf.modules():
                 hf._init_weights(module)
-    spec = getattr(model, "tl_spec_variant", None)
-    if spec is not None:  # deepcopy shares the hook closures, which point at the original model
-        from tl_spec.zoo.variant_models import attach
-
+    carried = [(ext, getattr(model, ext.attribute)) for ext in checkpoint_extensions()
+               if getattr(model, ext.attribute, None) is not None]
+    if carried:  # deepcopy shares the hook closures, which point at the original model
         clone.reset_hooks(including_permanent=True)
-        attach(clone, spec)
+        for extension, record in carried:
+            extension.attach(clone, record)
     return clone
 
 
@@ -356,7 +422,13 @@ def can_start_at_layer(model: Any) -> bool:
 
 
 def require_pattern_hooks(model: Any) -> None:
-    """Raise a clear error unless ``model`` exposes ``blocks.{l}.attn.hook_pattern`` for every layer."""
+    """Raise a clear error unless ``model`` exposes ``blocks.{l}.attn.hook_pattern`` for every layer.
+
+    >>> require_pattern_hooks(object())
+    Traceback (most recent call last):
+    ...
+    tl_spec.errors.TLSpecError: object is not a TransformerLens model (it needs .cfg, .hook_dict and run_with_hooks); load it with tl_spec.load_model or TransformerLens.
+    """
     cfg = getattr(model, "cfg", None)
     hook_dict = getattr(model, "hook_dict", None)
     if cfg is None or hook_dict is None or not hasattr(model, "run_with_hooks"):
@@ -364,11 +436,8 @@ def require_pattern_hooks(model: Any) -> None:
             f"{type(model).__name__} is not a TransformerLens model (it needs .cfg, .hook_dict and "
             "run_with_hooks); load it with tl_spec.load_model or TransformerLens."
         )
-    missing = [
-        f"blocks.{layer}.attn.hook_pattern"
-        for layer in range(int(cfg.n_layers))
-        if f"blocks.{layer}.attn.hook_pattern" not in hook_dict
-    ]
+    names = (hook_name("pattern", layer) for layer in range(int(cfg.n_layers)))
+    missing = [name for name in names if name not in hook_dict]
     if missing:
         raise TLSpecError(
             f"the model has no attention-pattern hook {missing[0]} ({len(missing)} layers lack "

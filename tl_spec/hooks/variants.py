@@ -17,56 +17,54 @@ Replacement patterns respect padding (set :attr:`AttentionVariant.attention_mask
 causality and sliding windows; rows of padded queries keep the model's own pattern.
 
 >>> v = attention_variant(model, "uniform", layers="hybrid:2")             # doctest: +SKIP
->>> v.attention_mask = mask                                                 # doctest: +SKIP
->>> logits = model.run_with_hooks(tokens, fwd_hooks=v.fwd_hooks)            # doctest: +SKIP
+>>> logits = model.run_with_hooks(tokens, fwd_hooks=v.bind(tokens, mask).fwd_hooks)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 
 from tl_spec.errors import TLSpecError
-from tl_spec.hooks.noising import resolve_layers
+from tl_spec.hooks.base import HookSet
+from tl_spec.hooks.capture import PatternStats
 from tl_spec.metrics.patterns import entry_mask
 from tl_spec.models import layer_windows, require_pattern_hooks
-from tl_spec.tokens import real_tokens
+from tl_spec.names import hook_name, parse_layers, resolve_layers
+from tl_spec.options.deconstruct import FORMS, VARIANTS, Form, Variant, hybrid_period
+from tl_spec.running import run_batches
+from tl_spec.tokens import PromptInput, prepare_inputs, real_tokens
 
-__all__ = ["FORMS", "VARIANTS", "AttentionVariant", "attention_variant", "normalise_scores",
-           "resolve_variant_layers", "static_patterns"]
-
-Variant = Literal["no_mixing", "uniform", "static", "form", "decoupled"]
-VARIANTS: tuple[str, ...] = ("no_mixing", "uniform", "static", "form", "decoupled")
-FORMS: tuple[str, ...] = ("relu", "sigmoid", "softmax")
+__all__ = ["FORMS", "VARIANTS", "AttentionVariant", "Form", "Variant", "attention_variant",
+           "normalise_scores", "resolve_variant_layers", "static_patterns"]
 
 
 def resolve_variant_layers(spec: Any, n_layers: int) -> list[int]:
-    """Layers of a variant: as :func:`~tl_spec.hooks.noising.resolve_layers`, plus ``"none"``,
-    ``"hybrid:k"`` (standard attention kept in every k-th layer: layers k-1, 2k-1, ...) and
-    layer numbers joined by ``+`` (``"0+2"``).
+    """Layers of a variant: a layer range as :func:`tl_spec.names.parse_layers` /
+    :func:`~tl_spec.names.resolve_layers` read it (``"all"``, ``"late"``, ``"0:2"``, ``"0,2"``,
+    ``(0, 2)``, ``[0, 2]``), plus ``"none"``, ``"hybrid:k"`` (standard attention kept in every
+    k-th layer: layers k-1, 2k-1, ... keep it) and layer numbers joined by ``+`` (``"0+2"``).
 
     >>> resolve_variant_layers("hybrid:2", 6), resolve_variant_layers("none", 6)
     ([0, 2, 4], [])
-    >>> resolve_variant_layers("3+1", 6)
-    [1, 3]
+    >>> resolve_variant_layers("3+1", 6), resolve_variant_layers("0:2", 6)
+    ([1, 3], [0, 1])
     """
-    if isinstance(spec, str) and spec.replace("+", "").isdigit():
-        spec = [int(x) for x in spec.split("+") if x]
-    if isinstance(spec, str) and spec == "none":
-        return []
-    if isinstance(spec, str) and spec.startswith("hybrid:"):
-        try:
-            k = int(spec.split(":", 1)[1])
-        except ValueError:
-            k = 0
-        if k < 2:
-            raise TLSpecError(f"{spec!r}: use 'hybrid:k' with an integer k >= 2 (standard "
-                              "attention kept in every k-th layer)")
-        return [layer for layer in range(n_layers) if (layer + 1) % k != 0]
+    if isinstance(spec, str):
+        text = spec.strip()
+        if text == "none":
+            return []
+        k = hybrid_period(text)
+        if k is not None:
+            return [layer for layer in range(n_layers) if (layer + 1) % k != 0]
+        if text.replace("+", "").isdigit():
+            spec = [int(x) for x in text.split("+") if x]
+        else:
+            spec = parse_layers(text)
     if isinstance(spec, (list, tuple)) and len(spec) == 0:
         return []
     return resolve_layers(spec, n_layers)
@@ -100,21 +98,34 @@ def normalise_scores(
     return torch.where(total > 0, w / total.clamp_min(torch.finfo(w.dtype).tiny), uniform)
 
 
-def static_patterns(model: Any, texts: Sequence[str], *, max_length: int = 128,
-                    batch_size: int = 8) -> Float[np.ndarray, "layers heads pos pos"]:
+def static_patterns(
+    model: Any,
+    texts: PromptInput,
+    *,
+    attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
+    max_length: int = 128,
+    batch_size: int = 8,
+) -> Float[np.ndarray, "layers heads pos pos"]:
     """Each head's mean pattern by position over ``texts`` (aligned at the first real token).
 
     Entry ``[l, h, q, k]`` averages over the texts long enough to have query ``q``.
 
+    Args:
+        model: a TransformerLens model with pattern hooks.
+        texts: reference texts, or their token ids (a ``[batch, pos]`` tensor with an optional
+            ``attention_mask``, or a list of 1-D tensors; no tokenizer needed).
+        attention_mask: with a token tensor, 1 on real tokens (either padding side).
+        max_length: texts are truncated to this many tokens.
+        batch_size: texts per forward pass.
+
+    Returns:
+        ``[layers, heads, pos, pos]`` mean patterns (``pos``: the longest text's length).
+
     >>> static_patterns(model, ["some reference text", "another one"]).shape  # doctest: +SKIP
     (4, 8, 5, 5)
     """
-    from tl_spec.experiments.run import run_batches
-    from tl_spec.hooks.capture import PatternStats
-    from tl_spec.tokens import tokenize, validate_prompts
-
-    texts = validate_prompts(texts)
-    tokenized = tokenize(model, texts, max_length=max_length)
+    inputs = prepare_inputs(model, texts, attention_mask=attention_mask, max_length=max_length)
+    tokenized = inputs.tokenized
     stats = PatternStats(model, stats=("mean_pattern",), region="full",
                          max_positions=max(tokenized.lengths))
     run_batches(model, tokenized, stats, batch_size=batch_size)
@@ -124,8 +135,19 @@ def static_patterns(model: Any, texts: Sequence[str], *, max_length: int = 128,
         return np.where(count > 0, raw["mean_pattern_sum"] / count, 0.0)
 
 
-class AttentionVariant:
+class AttentionVariant(HookSet):
     """Hooks replacing attention by ``variant`` in ``layers`` (see the module doc).
+
+    A :class:`~tl_spec.hooks.base.HookSet`: ``bind(tokens, attention_mask)`` before each batch
+    (or set :attr:`attention_mask`), then ``fwd_hooks`` or iterate over it.
+
+    Args:
+        model: a TransformerLens model with pattern hooks.
+        variant: ``no_mixing``, ``uniform``, ``static``, ``form`` or ``decoupled``.
+        layers: the variant's layers (see :func:`resolve_variant_layers`).
+        form: ``form`` variant: ``relu``, ``sigmoid`` or ``softmax``.
+        source_layer: ``decoupled``: queries and keys from this layer's ``resid_pre``.
+        static: ``static``: the mean patterns of :func:`static_patterns`.
 
     >>> v = AttentionVariant(model, "no_mixing", layers=[0])  # doctest: +SKIP
     """
@@ -173,15 +195,15 @@ class AttentionVariant:
         if not self.layers:
             return hooks
         if self.variant == "decoupled":
-            hooks.append((f"blocks.{self.source_layer}.hook_resid_pre", self._keep_source))
+            hooks.append((hook_name("resid_pre", self.source_layer), self._keep_source))
             for layer in self.layers:
-                hooks.append((f"blocks.{layer}.attn.hook_q", self._qk_hook(layer, "Q")))
-                hooks.append((f"blocks.{layer}.attn.hook_k", self._qk_hook(layer, "K")))
+                hooks.append((hook_name("q", layer), self._qk_hook(layer, "Q")))
+                hooks.append((hook_name("k", layer), self._qk_hook(layer, "K")))
             return hooks
         for layer in self.layers:
             if self.variant == "form":
-                hooks.append((f"blocks.{layer}.attn.hook_attn_scores", self._keep_scores(layer)))
-            hooks.append((f"blocks.{layer}.attn.hook_pattern", self._pattern_hook(layer)))
+                hooks.append((hook_name("attn_scores", layer), self._keep_scores(layer)))
+            hooks.append((hook_name("pattern", layer), self._pattern_hook(layer)))
         return hooks
 
     def _keep_scores(self, layer: int) -> Callable[..., None]:
@@ -257,7 +279,11 @@ class AttentionVariant:
 
     def _qk_hook(self, layer: int, which: str) -> Callable[..., torch.Tensor]:
         def hook(x: torch.Tensor, *, hook: Any = None) -> torch.Tensor:
-            assert self._source is not None, "the source layer's hook did not run"
+            if self._source is None:
+                raise TLSpecError(
+                    f"decoupled attention in layer {layer} needs layer {self.source_layer}'s "
+                    "resid_pre, whose hook did not run in this forward pass (a run started past "
+                    "that layer?); start at or before the source layer")
             block = self.model.blocks[layer]
             normed = block.ln1(self._source.to(x.dtype))
             w, b = self._weights(layer, which, x.shape[2])
@@ -269,12 +295,24 @@ class AttentionVariant:
 
 
 def attention_variant(model: Any, variant: str, *, layers: Any = "all", form: str = "relu",
-                      source_layer: int = 0, reference_texts: Sequence[str] | None = None,
+                      source_layer: int = 0, reference_texts: PromptInput | None = None,
                       static: np.ndarray | None = None) -> AttentionVariant:
     """Hooks that replace attention by ``variant`` in ``layers`` (see the module doc).
 
-    ``"static"`` needs ``reference_texts`` (its mean patterns are computed from the model on
-    them) or precomputed ``static`` patterns.
+    ``"static"`` needs ``reference_texts`` (texts or token ids; its mean patterns are computed
+    from the model on them) or precomputed ``static`` patterns.
+
+    Args:
+        model: a TransformerLens model with pattern hooks.
+        variant: ``no_mixing``, ``uniform``, ``static``, ``form`` or ``decoupled``.
+        layers: the variant's layers (see :func:`resolve_variant_layers`).
+        form: ``form`` variant: ``relu``, ``sigmoid`` or ``softmax``.
+        source_layer: ``decoupled``: queries and keys from this layer's ``resid_pre``.
+        reference_texts: ``static``: texts (or token ids) to average patterns over.
+        static: ``static``: precomputed mean patterns (:func:`static_patterns`).
+
+    Returns:
+        :class:`AttentionVariant`.
 
     >>> v = attention_variant(model, "form", form="sigmoid", layers=[2, 3])  # doctest: +SKIP
     """

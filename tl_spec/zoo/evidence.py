@@ -23,12 +23,15 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
+from tl_spec.names import hook_name
+from tl_spec.zoo.corpus import load_corpus
+
 __all__ = ["head_scores", "induction_scores", "repeat_losses"]
 
 
 def _patterns(model: Any, tokens: torch.Tensor) -> list[torch.Tensor]:
     grabbed: dict[int, torch.Tensor] = {}
-    hooks = [(f"blocks.{layer}.attn.hook_pattern",
+    hooks = [(hook_name("pattern", layer),
               lambda x, hook, layer=layer: grabbed.__setitem__(layer, x.detach().float()))
              for layer in range(int(model.cfg.n_layers))]
     with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
@@ -37,8 +40,6 @@ def _patterns(model: Any, tokens: torch.Tensor) -> list[torch.Tensor]:
 
 
 def _heldout_docs(n_texts: int) -> list[str]:
-    from tl_spec.zoo.corpus import load_corpus
-
     return [d.text for d in load_corpus().heldout if len(d.text) > 400][:n_texts]
 
 

@@ -14,21 +14,35 @@ and the SHA-256 of its weights; an interrupted build resumes where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from importlib import resources
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from tl_spec.errors import TLSpecError
-from tl_spec.zoo.train import TrainConfig
+from tl_spec.models import load_model
+from tl_spec.zoo.align import (
+    instruction_examples,
+    preference_pairs,
+    train_dpo,
+    train_sft,
+)
+from tl_spec.zoo.corpus import load_corpus
+from tl_spec.zoo.train import TrainConfig, train_base, train_tokenizer
+from tl_spec.zoo.variant_models import ATTRIBUTE as _VARIANT_ATTRIBUTE
 
 __all__ = ["MARKER", "SETS", "ZooEntry", "ZooModel", "available", "build", "cache_dir", "find",
-           "load", "model_dir"]
+           "load", "model_dir", "variant_groups"]
 
 MARKER = "tl_spec_zoo.json"
 TOKENIZER = "tokenizer"
@@ -177,9 +191,32 @@ def load(name: str, **load_kwargs: Any) -> Any:
 
     >>> model = load("gqa-dpo-1", backend="bridge")  # doctest: +SKIP
     """
-    from tl_spec.models import load_model
-
     return load_model(model_dir(name), **load_kwargs)
+
+
+def variant_groups(*, backend: str = "auto") -> tuple[list[Any], dict[tuple[str, str], list[Any]]]:
+    """The ``variants`` set, loaded: ``(standard models, {(variant, placement): models})``.
+
+    What :func:`tl_spec.trained_variants_study` compares (needs ``tl-spec zoo build variants``);
+    each group holds one model per seed, with its trained-in variant attached.
+
+    >>> standard, groups = variant_groups()                          # doctest: +SKIP
+    >>> study = tl_spec.trained_variants_study(standard, groups, texts)  # doctest: +SKIP
+    """
+    standard: list[Any] = []
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for m in SETS["variants"]:
+        model = load(m.name, backend=backend)
+        if m.config is None or m.config.variant is None:
+            standard.append(model)
+        else:
+            placement = m.name.split("-")[-2]
+            groups.setdefault((m.config.variant["variant"], placement), []).append(model)
+    for models in groups.values():  # every model of a group carries its variant
+        if any(getattr(x, _VARIANT_ATTRIBUTE, None) is None for x in models):
+            raise TLSpecError("a zoo variant model loaded without its variant; rebuild the "
+                              "variants set (`tl-spec zoo build variants`)")
+    return standard, groups
 
 
 @dataclass(frozen=True)
@@ -219,8 +256,6 @@ def _writable(root: Path) -> None:
 
 
 def _tokenizer(root: Path, corpus: Any) -> Path:
-    from tl_spec.zoo.train import train_tokenizer
-
     path = root / TOKENIZER
     if not (path / "tokenizer.json").is_file():
         tmp = root / f".building-{TOKENIZER}-{os.getpid()}"
@@ -234,8 +269,6 @@ def _capped(model: ZooModel, max_steps: int | None) -> ZooModel:
     """The recipe with at most ``max_steps`` optimisation steps (smoke builds and tests)."""
     if max_steps is None:
         return model
-    import dataclasses
-
     config = model.config
     if config is not None:
         config = dataclasses.replace(config, steps=min(config.steps, max_steps),
@@ -249,34 +282,26 @@ def _capped(model: ZooModel, max_steps: int | None) -> ZooModel:
 
 def _run(model: ZooModel, out: Path, root: Path, corpus: Any, progress: bool,
          max_examples: int | None = None) -> dict:
-    from tl_spec.zoo.train import train_base
-
     if model.kind == "pretrain":
-        assert model.config is not None
+        if model.config is None:
+            raise TLSpecError(f"zoo recipe {model.name} is a pretraining without a TrainConfig")
         return train_base(model.config, out, tokenizer_dir=_tokenizer(root, corpus),
                           corpus=corpus, progress=progress)
-    from tl_spec.zoo import align
-
     parent = root / model.parent if model.parent else None
     if parent is None or not _ready(parent):
         raise TLSpecError(f"{model.name} needs {model.parent} built first in {root}")
-    examples = align.instruction_examples(corpus.train, seed=0)[:max_examples]
+    examples = instruction_examples(corpus.train, seed=0)[:max_examples]
     if model.kind == "sft":
-        held = align.instruction_examples(corpus.heldout, seed=0)[:64]
-        return align.train_sft(parent, out, examples, seed=model.seed, progress=progress,
-                               eval_examples=held, **model.options)
-    pairs = align.preference_pairs(examples, seed=model.seed)
-    return align.train_dpo(parent, out, pairs, seed=model.seed, progress=progress,
-                           **model.options)
+        held = instruction_examples(corpus.heldout, seed=0)[:64]
+        return train_sft(parent, out, examples, seed=model.seed, progress=progress,
+                         eval_examples=held, **model.options)
+    pairs = preference_pairs(examples, seed=model.seed)
+    return train_dpo(parent, out, pairs, seed=model.seed, progress=progress, **model.options)
 
 
 def _build_one(name: str, root: str, progress: bool, max_steps: int | None = None,
                max_examples: int | None = None) -> dict[str, Any]:
     """Build one model into ``root`` atomically (runs in a worker process or in-process)."""
-    import torch
-
-    from tl_spec.zoo.corpus import load_corpus
-
     model, base = _capped(find(name), max_steps), Path(root)
     torch.set_num_threads(THREADS)  # part of the recipe: weights are bitwise reproducible
     corpus = load_corpus()
@@ -311,10 +336,6 @@ def build(
     thread each, so the weights do not depend on ``workers``. ``max_steps`` / ``max_examples``
     cap every recipe (smoke builds; the caps are recorded in each model's marker).
     """
-    import torch
-
-    from tl_spec.zoo.corpus import load_corpus
-
     if set_name not in SETS:
         raise TLSpecError(f"unknown zoo set {set_name!r}; choose one of {', '.join(SETS)}")
     if not isinstance(workers, int) or workers < 1:
@@ -333,9 +354,6 @@ def build(
     for kind in ("pretrain", "sft", "dpo"):
         todo = [m.name for m in models if m.kind == kind and not _ready(root / m.name)]
         if workers > 1 and len(todo) > 1:
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-            from multiprocessing import get_context
-
             with ProcessPoolExecutor(min(workers, len(todo)), mp_context=get_context("spawn")) as pool:
                 futures = {pool.submit(_build_one, n, str(root), False, max_steps, max_examples): n
                            for n in todo}

@@ -27,7 +27,11 @@ import numpy as np
 import torch
 from jaxtyping import Int
 
+from tl_spec.errors import TLSpecError
 from tl_spec.zoo.corpus import Corpus, Document, load_corpus
+from tl_spec.zoo.evidence import induction_scores
+from tl_spec.zoo.variant_models import FILE as VARIANT_FILE
+from tl_spec.zoo.variant_models import VariantSpec, install
 
 __all__ = [
     "TrainConfig",
@@ -75,8 +79,6 @@ class TrainConfig:
     bos_frac: float = 0.0
 
     def __post_init__(self) -> None:
-        from tl_spec.errors import TLSpecError
-
         for name in ("copy_frac", "bos_frac"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -103,8 +105,6 @@ class TrainConfig:
             return tf.MistralConfig(sliding_window=self.sliding_window, **common)
         if self.arch == "llama":
             return tf.LlamaConfig(**common)
-        from tl_spec.errors import TLSpecError
-
         raise TLSpecError(f"unknown zoo architecture {self.arch!r}; use 'llama' or 'mistral'")
 
 
@@ -185,8 +185,6 @@ def induction_probe(model: Any, *, vocab_size: int, bos: int) -> float:
     sequences of :func:`tl_spec.zoo.evidence.induction_scores`; its own generator, so training
     draws are untouched.
     """
-    from tl_spec.zoo.evidence import induction_scores
-
     was_training = model.training
     model.eval()
     scores = induction_scores(lambda x: model(input_ids=x, output_attentions=True).attentions,
@@ -245,8 +243,6 @@ def train_base(
                                                  attn_implementation="eager")
         spec = None
         if config.variant is not None:
-            from tl_spec.zoo.variant_models import VariantSpec, install
-
             spec = VariantSpec(**config.variant)
             install(model, spec)
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -300,13 +296,11 @@ def train_base(
         seconds = time.perf_counter() - start_time
         held = heldout_loss(model, heldout, ctx=config.ctx)
     if spec is not None:
-        from tl_spec.zoo.variant_models import FILE
-
         model.config._attn_implementation = "eager"  # the variant file, not the config, carries it
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     if spec is not None:
-        (Path(out_dir) / FILE).write_text(spec.to_json() + "\n")
+        (Path(out_dir) / VARIANT_FILE).write_text(spec.to_json() + "\n")
     return {
         "config": asdict(config),
         "train_loss_last_batch": loss_value,

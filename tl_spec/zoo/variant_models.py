@@ -6,7 +6,9 @@ variant inside the Hugging Face model (:func:`install`: an attention function re
 ``transformers.AttentionInterface`` for ``no_mixing`` / ``uniform`` / ``form``, forward hooks on
 ``q_proj`` / ``k_proj`` for ``decoupled``). :func:`tl_spec.load_model` reads the file and attaches
 the same variant as permanent TransformerLens hooks (:mod:`tl_spec.hooks.variants`), so the
-loaded model computes what was trained on both backends (tested: equal logits).
+loaded model computes what was trained on both backends (tested: equal logits). It does so through
+the :class:`~tl_spec.models.CheckpointExtension` this module registers when it is imported
+(``import tl_spec`` imports it), so :mod:`tl_spec.models` needs no import of the zoo or the hooks.
 
 >>> spec = VariantSpec("uniform", layers=[0, 2])
 >>> spec.to_json()
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,11 +27,16 @@ from typing import Any
 import torch
 
 from tl_spec.errors import TLSpecError
+from tl_spec.hooks.variants import attention_variant, normalise_scores
 from tl_spec.metrics.patterns import entry_mask
+from tl_spec.models import CheckpointExtension, register_checkpoint_extension
 
-__all__ = ["FILE", "TRAINABLE", "VariantSpec", "attach", "install", "read_spec"]
+__all__ = ["ATTRIBUTE", "EXTENSION", "FILE", "TRAINABLE", "VariantSpec", "attach", "install",
+           "read_spec"]
 
 FILE = "tl_spec_variant.json"
+#: The model attribute holding the attached :class:`VariantSpec` (read by ``can_start_at_layer``).
+ATTRIBUTE = "tl_spec_variant"
 TRAINABLE: tuple[str, ...] = ("no_mixing", "uniform", "form", "decoupled")
 _NAME = "tl_spec_variant"
 
@@ -77,7 +85,7 @@ def _allowed(module: Any, attention_mask: torch.Tensor | None, n: int,
     return allowed
 
 
-def _variant_attention(spec: VariantSpec):
+def _variant_attention(spec: VariantSpec) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
     from transformers.models.llama.modeling_llama import eager_attention_forward, repeat_kv
 
     def attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -98,8 +106,6 @@ def _variant_attention(spec: VariantSpec):
             w = allowed.to(torch.float32)
             weights = (w / w.sum(-1, keepdim=True).clamp_min(1)).expand(shape)
         else:
-            from tl_spec.hooks.variants import normalise_scores
-
             keys = repeat_kv(key, module.num_key_value_groups)
             scores = torch.matmul(query, keys.transpose(2, 3)).float() * scaling
             weights = normalise_scores(scores, allowed.expand(shape[0], 1, n, n)[:, 0], spec.form)
@@ -154,11 +160,15 @@ def attach(model: Any, spec: VariantSpec) -> Any:
     The hooks treat every position as a real token: run such models unpadded or right-padded
     (tl_spec's default), where causal attention never reaches the pads.
     """
-    from tl_spec.hooks.variants import attention_variant
-
     variant = attention_variant(model, spec.variant, layers=list(spec.layers), form=spec.form,
                                 source_layer=spec.source_layer)
     for name, fn in variant.fwd_hooks:
         model.add_hook(name, fn, is_permanent=True)
-    model.tl_spec_variant = spec
+    setattr(model, ATTRIBUTE, spec)
     return model
+
+
+#: How :func:`tl_spec.load_model` finds and attaches a trained-in variant (registered on import).
+EXTENSION = CheckpointExtension("attention variant", read=read_spec, attach=attach,
+                                attribute=ATTRIBUTE)
+register_checkpoint_extension(EXTENSION)
