@@ -47,7 +47,7 @@ import tl_spec
 import tl_spec.experiments.stability as stability_mod
 from tl_spec.experiments.importance import token_losses
 from tl_spec.experiments.stability import PROFILES
-from tl_spec.zoo.corpus import heldout_texts
+from tl_spec.corpus import heldout_texts
 from tl_spec.models import backend_name
 from tl_spec.tokens import batches, pad_id, tokenize
 from tl_spec.zoo.tiny import build_random_checkpoint

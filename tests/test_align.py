@@ -95,7 +95,7 @@ def test_dpo_loss_rejects_mismatched_shapes():
 
 @pytest.fixture(scope="module")
 def documents():
-    from tl_spec.zoo.corpus import load_corpus
+    from tl_spec.corpus import load_corpus
 
     return load_corpus().train[:200]
 
@@ -117,7 +117,7 @@ def test_instruction_examples_rule_and_determinism(documents):
 
 
 def test_instruction_examples_skip_short_and_trim_at_sentence():
-    from tl_spec.zoo.corpus import Document
+    from tl_spec.corpus import Document
 
     short = Document("doc:a", "a", "Too short.\n\n    code block that is long enough " * 5)
     long = Document("doc:b", "b", "Heading\n=======\n\n" + "One sentence here. " * 40)

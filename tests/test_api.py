@@ -315,7 +315,7 @@ def test_cli_own_prompt_file(tiny_checkpoints, tmp_path, capsys):
     assert main(["si", str(tiny_checkpoints["gpt2"]), "--prompts", str(prompts),
                  "--json", "-"]) == 0
     record = json.loads(capsys.readouterr().out)
-    assert record["provenance"]["prompt_set"]["name"] == "prompts"
+    assert record["provenance"]["prompts"]["name"] == "prompts"  # one record of the prompts
     assert len(record["tokens"]) == 2
 
 

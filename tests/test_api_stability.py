@@ -21,7 +21,6 @@ import tl_spec
 from tl_spec import TLSpecError
 from tl_spec.experiments.stability import (
     StabilityResult,
-    _check_options,
     head_stability,
     stability_options,
 )
@@ -260,7 +259,7 @@ def test_data_dependent_checks_come_before_any_forward_pass(models):
         stability_study([StudyGroup("g", 3, 0.0, [_Tripwire(), _Tripwire()])], TEXTS, TEXTS)
 
 
-def test_options_classes_defaults_flags_and_the_deprecated_check():
+def test_options_classes_defaults_and_flags():
     assert StabilityOptions.defaults() == dict(
         measure="pattern", null=2, resid=True, region="lower", max_length=128, batch_size=8,
         n_blocks=None, prepend_bos=None, stat_dtype="float64")
@@ -277,10 +276,6 @@ def test_options_classes_defaults_flags_and_the_deprecated_check():
     got = StabilityOptions.from_namespace(args)
     assert (got.null, got.measure, got.n_blocks, got.resid, got.batch_size) == (0, "output", 4, False, 8)
     assert "(default: 8)" in parser.format_help()
-    with pytest.deprecated_call():
-        _check_options("pattern", "lower", 2, 4, 8, 1000)
-    with pytest.deprecated_call(), pytest.raises(TLSpecError, match="unknown measure"):
-        _check_options("weights", "lower", 2, 4, 8, 1000)
 
 
 def test_batch_features_follow_the_hookset_protocol(models):

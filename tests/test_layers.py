@@ -21,8 +21,8 @@ import pytest
 
 ROOT_NAME = "tl_spec"
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors",), ("names",), ("options",), ("fileio",), ("display", "colors"), ("prompts",),
-    ("tokens",), ("metrics",), ("stats",), ("models",), ("running",), ("hooks",), ("records",),
+    ("errors",), ("names",), ("options",), ("fileio",), ("display", "colors"), ("prompts", "corpus"),
+    ("tokens",), ("metrics",), ("stats",), ("models", "sources"), ("running",), ("hooks",), ("records",),
     ("experiments",), ("results",), ("audit",), ("viz",), ("zoo",), ("study",), ("demo",),
     ("",),  # the top package itself (tl_spec/__init__.py)
     ("cli",),

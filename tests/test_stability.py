@@ -22,7 +22,7 @@ import tl_spec
 from tl_spec import TLSpecError
 from tl_spec.experiments.importance import head_importance
 from tl_spec.experiments.stability import head_stability
-from tl_spec.zoo.corpus import heldout_texts
+from tl_spec.corpus import heldout_texts
 from tl_spec.metrics.cka import block_hsic, centered_cross, cka_from_hsic, linear_cka, output_factors
 from tl_spec.metrics.matching import best_match, match_heads, matched_similarity
 from tl_spec.metrics.patterns import cross_correlations, entry_mask

@@ -19,7 +19,7 @@ import torch
 import tl_spec
 from tl_spec import TLSpecError, zoo
 from tl_spec.prompts import STANDARD_10
-from tl_spec.zoo.corpus import load_corpus
+from tl_spec.corpus import load_corpus
 from tl_spec.zoo.registry import MARKER, SETS, _ready
 
 HAS_HOOKED = True

@@ -34,7 +34,17 @@ from tl_spec.experiments.variant_study import VariantStudyResult, trained_varian
 from tl_spec.hooks.capture import PatternStats
 from tl_spec.metrics.specialization import si_from_entropy_profile
 from tl_spec.models import ModelFacts, describe, load_model
-from tl_spec.options import SIOptions, StatsOptions
+from tl_spec.options import (
+    DeconstructOptions,
+    ImportanceOptions,
+    ProbeOptions,
+    SensitivityOptions,
+    SIOptions,
+    StabilityOptions,
+    StatsOptions,
+    SweepOptions,
+    VariantStudyOptions,
+)
 from tl_spec.results import load_result
 
 try:
@@ -43,23 +53,30 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+source"
 
 __all__ = [
+    "DeconstructOptions",
     "DeconstructResult",
     "DeltaResult",
+    "ImportanceOptions",
     "ImportanceResult",
     "ModelFacts",
     "PatternStats",
+    "ProbeOptions",
     "ProbeResult",
     "SIOptions",
     "SIResult",
     "SensitivityComparison",
+    "SensitivityOptions",
     "SensitivityResult",
+    "StabilityOptions",
     "StabilityResult",
     "StatsOptions",
     "StudyGroup",
     "StudyResult",
+    "SweepOptions",
     "SweepResult",
     "TLSpecError",
     "TLSpecWarning",
+    "VariantStudyOptions",
     "VariantStudyResult",
     "__version__",
     "compare_sensitivity",

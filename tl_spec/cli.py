@@ -13,7 +13,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from tl_spec.errors import TLSpecError
-from tl_spec.options import SIOptions, StatsOptions
+from tl_spec.options import (
+    DeconstructOptions,
+    ProbeOptions,
+    SensitivityOptions,
+    SIOptions,
+    StabilityOptions,
+    StabilityStatsOptions,
+    StatsOptions,
+    SweepOptions,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -31,51 +40,19 @@ def _add_loading_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, ...")
 
 
-def _add_prompt_args(p: argparse.ArgumentParser) -> None:
+def _add_json_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", default=None, metavar="PATH|-",
+                   help="write the result as JSON (atomically) to PATH, or to stdout with - "
+                        "(default: not written)")
+
+
+def _add_prompt_args(p: argparse.ArgumentParser, default: str = "Standard-10") -> None:
     p.add_argument("--prompts", default=None,
-                   help="prompt file (numbered 'N. text' or one per line) (default: Standard-10)")
+                   help=f"prompt file (numbered 'N. text' or one per line) (default: {default})")
     p.add_argument("--prompts-md5", default=None,
                    help="expected MD5 of '|||'.join(prompts) (default: not checked)")
     p.add_argument("--prompts-sha256", default=None,
                    help="expected SHA-256 of the file (default: not checked)")
-
-
-def _add_noise_args(p: argparse.ArgumentParser) -> None:
-    from tl_spec.hooks.noising import SITES
-
-    p.add_argument("--seeds", default="42,123,456", help="comma-separated noise seeds")
-    p.add_argument("--layers", default="all",
-                   help="early|middle|late|all, START:STOP, or comma-separated layer indices")
-    p.add_argument("--site", default="attn_out", help=f"one of {', '.join(SITES)}")
-    p.add_argument("--relative", action="store_true", help="sigma in units of the site's RMS")
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=16)
-
-
-def _numbers(text: str, kind: type, what: str) -> list[Any]:
-    try:
-        return [kind(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise TLSpecError(f"{what} must be comma-separated numbers, got {text!r}") from None
-
-
-def _layer_spec(text: str) -> Any:
-    if text in ("early", "middle", "late", "all"):
-        return text
-    if ":" in text:
-        start, _, stop = text.partition(":")
-        return tuple(_numbers(f"{start},{stop}", int, "--layers START:STOP"))
-    return _numbers(text, int, "--layers")
-
-
-def _noise_options(args: argparse.Namespace, sigmas: list[float]) -> dict[str, Any]:
-    """Validate the noise options before any model is loaded."""
-    from tl_spec.hooks.noising import check_noise_options
-
-    seeds = _numbers(args.seeds, int, "--seeds")
-    check_noise_options(site=args.site, sigmas=sigmas or [float("nan")], seeds=seeds)
-    return dict(seeds=seeds, site=args.site, relative=args.relative,
-                max_length=args.max_length, batch_size=args.batch_size)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,51 +90,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("probe", help="perturbation probe: SI response to attention-output noise")
     _add_model_args(pr)
-    _add_noise_args(pr)
-    pr.add_argument("--sigma", type=float, default=0.05)
-    pr.add_argument("--method", default=None, help="SI method (probe: pattern; sweep: "
-                    "entropy_profile)", choices=("pattern", "entropy_profile", "normalized_entropy"))
-    pr.add_argument("--prompts", default=None, help="prompt file; default Standard-10")
-    pr.add_argument("--prompts-md5", default=None)
+    ProbeOptions.add_arguments(pr)
     pr.add_argument("--sweep", action="store_true",
-                    help="run the E11-T grid: --regions x --sigmas x --seeds")
-    pr.add_argument("--sigmas", default="0,0.01,0.02,0.05,0.1,0.2", help="sweep sigmas")
-    pr.add_argument("--regions", default="early,middle,late,all", help="sweep layer regions")
-    pr.add_argument("--target-si", type=float, default=None,
-                    help="sweep: report recovery towards this SI (e.g. the base twin's)")
-    pr.add_argument("--json", default=None, metavar="PATH|-")
+                    help="run the E11-T grid: --regions x --sigmas x --seeds (default: one probe)")
+    SweepOptions.add_arguments(pr, only=("sigmas", "regions", "target_si"))
+    SIOptions.add_arguments(pr, exclude=("stat_dtype", "aggregate"))
+    StatsOptions.add_arguments(pr)
+    _add_prompt_args(pr)
+    _add_json_arg(pr)
 
     se = sub.add_parser("sensitivity", help="perplexity slope against noise sigma (E06)")
-    se.add_argument("model", help="model A: checkpoint directory or hub name")
+    se.add_argument("model", help="model A: checkpoint directory, zoo name or hub name")
     se.add_argument("model_b", nargs="?", default=None, help="optional model B to compare")
-    se.add_argument("--backend", default="auto", choices=("auto", "bridge", "hooked"))
-    se.add_argument("--dtype", default=None)
-    se.add_argument("--device", default=None)
-    _add_noise_args(se)
-    se.add_argument("--sigmas", default="0,0.01,0.02,0.05,0.1,0.2")
-    se.add_argument("--texts", default=None, help="text file; default the E06 texts")
-    se.add_argument("--json", default=None, metavar="PATH|-")
+    _add_loading_args(se)
+    SensitivityOptions.add_arguments(se)
+    se.add_argument("--texts", default=None, help="text file (default: the E06 texts)")
+    _add_json_arg(se)
 
     st = sub.add_parser("stability", help="per-head stability across independently trained models")
     st.add_argument("models", nargs="*", metavar="MODEL",
                     help="two or more checkpoints (directories, hub names or zoo model names)")
     st.add_argument("--study", default=None, choices=("refits",),
                     help="run seed 004's five claims on the zoo's refit set instead")
-    st.add_argument("--seeds", type=int, default=None, help="--study: seeds per group (subset)")
-    st.add_argument("--measure", default="pattern", choices=("pattern", "output"))
-    st.add_argument("--null", type=int, default=2, help="random-init null models (0: none)")
-    st.add_argument("--prompts", default=None,
-                    help="prompt file; default: 32 held-out documents of the zoo corpus")
-    st.add_argument("--prompts-md5", default=None)
-    st.add_argument("--max-length", type=int, default=128)
-    st.add_argument("--batch-size", type=int, default=8)
-    st.add_argument("--n-blocks", type=int, default=16, help="prompt blocks for the bootstrap")
-    st.add_argument("--n-resamples", type=int, default=1000)
-    st.add_argument("--no-resid", action="store_true", help="skip resid_post CKA")
-    st.add_argument("--backend", default="auto", choices=("auto", "bridge", "hooked"))
-    st.add_argument("--dtype", default=None)
-    st.add_argument("--device", default=None)
-    st.add_argument("--json", default=None, metavar="PATH|-")
+    st.add_argument("--seeds", type=int, default=None,
+                    help="--study: seeds per group (default: all built)")
+    StabilityOptions.add_arguments(st, exclude=("stat_dtype", "n_blocks"))
+    st.add_argument("--n-blocks", type=int, default=16, metavar="G",
+                    help="prompt blocks of the bootstrap (default: 16)")
+    StabilityStatsOptions.add_arguments(st)
+    _add_prompt_args(st, default="32 held-out documents of the zoo corpus")
+    _add_json_arg(st)
 
     dc = sub.add_parser("deconstruct", help="loss and SI under attention variants (seed 003)")
     dc.add_argument("model", nargs="?", default=None,
@@ -165,20 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--trained", action="store_true",
                     help="compare the zoo's models trained with each variant against standard "
                          "attention (needs `tl-spec zoo build variants`)")
-    dc.add_argument("--backend", default="auto", choices=("auto", "bridge", "hooked"))
-    dc.add_argument("--dtype", default=None)
-    dc.add_argument("--device", default=None)
-    dc.add_argument("--variants", default="no_mixing,uniform,static,form,decoupled",
-                    help="comma-separated: no_mixing, uniform, static, form, decoupled")
-    dc.add_argument("--placements", default="all,hybrid:2,single",
-                    help="comma-separated: all, hybrid:K, single, early|middle|late")
-    dc.add_argument("--form", default="relu", choices=("relu", "sigmoid", "softmax"))
-    dc.add_argument("--source-layer", type=int, default=0, help="decoupled: resid_pre of this layer")
+    _add_loading_args(dc)
+    DeconstructOptions.add_arguments(dc)
     dc.add_argument("--texts", default=None,
-                    help="text file (one per line); default Standard-10 and the E06 texts")
-    dc.add_argument("--max-length", type=int, default=128)
-    dc.add_argument("--n-resamples", type=int, default=2000)
-    dc.add_argument("--json", default=None, metavar="PATH|-")
+                    help="text file, one per line (default: Standard-10 and the E06 texts)")
+    _add_json_arg(dc)
 
     from tl_spec.study.cli import add_parser as add_study_parser
 
@@ -287,42 +240,41 @@ def _cmd_delta(args: argparse.Namespace) -> None:
 
 
 def _cmd_probe(args: argparse.Namespace) -> None:
-    from tl_spec import load_model, perturbation_probe, probe_sweep
+    from tl_spec.experiments.probe import perturbation_probe, probe_sweep
 
-    pset = _load_prompt_set(args)
-    sigmas = _numbers(args.sigmas, float, "--sigmas") if args.sweep else [args.sigma]
-    options = _noise_options(args, sigmas)
-    layers = _layer_spec(args.layers)
-    regions = [_layer_spec(r) for r in args.regions.split(",")] if args.sweep else None
-    model = load_model(args.model, backend=args.backend, dtype=args.dtype, device=args.device)
+    si_values = {k: v for k, v in vars(args).items() if k in SIOptions.names()}
+    si_options = SIOptions.build(**si_values) if si_values else None
+    stats = StatsOptions.from_namespace(args)
     if args.sweep:
-        result = probe_sweep(model, pset, sigmas=sigmas, regions=regions,
-                             method=args.method or "entropy_profile", target_si=args.target_si,
-                             progress=True, **options)
-        frame = result.to_frame()
-        text = (f"clean SI = {result.si_clean:.6f} ({result.method})\n"
-                + frame.groupby(["region", "sigma"], sort=False)["si"].mean().unstack()
-                .round(4).to_string())
+        options: Any = SweepOptions.from_namespace(args)
     else:
-        result = perturbation_probe(model, pset, sigma=args.sigma, layers=layers,
-                                    method=args.method or "pattern", **options)
-        text = result.summary()
-    _report(args, f"model: {args.model}  prompts: {pset.name} ({len(pset)})", text, result)
+        options = ProbeOptions.from_namespace(args)
+    pset = _load_prompt_set(args)
+    if not args.sweep:
+        stats.check_units(len(pset))
+    model = _load_any(args.model, args)
+    if args.sweep:
+        result = probe_sweep(model, pset, options=options, si_options=si_options,
+                             progress=sys.stderr.isatty())
+    else:
+        given = {k: v for k, v in vars(args).items() if k in StatsOptions.names()}
+        result = perturbation_probe(model, pset, options=options, si_options=si_options,
+                                    stats=stats if given else None)
+    _report(args, f"model: {args.model}  prompts: {pset.name} ({len(pset)})", result.summary(),
+            result)
 
 
 def _cmd_sensitivity(args: argparse.Namespace) -> None:
-    from tl_spec import compare_sensitivity, load_model, noise_sensitivity
+    from tl_spec.experiments.sensitivity import compare_sensitivity, noise_sensitivity
     from tl_spec.prompts import E06_SET, load_prompts
 
-    sigmas = _numbers(args.sigmas, float, "--sigmas")
-    options = _noise_options(args, sigmas)
+    options = SensitivityOptions.from_namespace(args)
     texts = load_prompts(args.texts) if args.texts else E06_SET
-    layers = _layer_spec(args.layers)
     results = []
     for name in [args.model] + ([args.model_b] if args.model_b else []):
-        model = load_model(name, backend=args.backend, dtype=args.dtype, device=args.device)
-        results.append(noise_sensitivity(model, texts, sigmas=sigmas, layers=layers,
-                                         progress=True, **options))
+        model = _load_any(name, args)
+        results.append(noise_sensitivity(model, texts, options=options,
+                                         progress=sys.stderr.isatty()))
     text = "\n\n".join(r.summary() for r in results)
     result: Any = results[0]
     if len(results) == 2:
@@ -343,53 +295,56 @@ def _load_any(name: str, args: argparse.Namespace) -> Any:
 
 
 def _cmd_stability(args: argparse.Namespace) -> None:
-    from tl_spec import head_stability, stability_study
-    from tl_spec.experiments.stability import _check_options
-    from tl_spec.zoo.corpus import heldout_texts
+    from tl_spec.corpus import heldout_texts
+    from tl_spec.experiments.stability import head_stability, stability_options
+    from tl_spec.experiments.stability_study import stability_study
 
-    _check_options(args.measure, "lower", args.null, args.n_blocks, args.batch_size,
-                   args.n_resamples)
+    values = {k: v for k, v in vars(args).items()
+              if k in StabilityOptions.names() + StatsOptions.names()}
+    options, stats = stability_options(**values)
     if args.study:
         if args.models:
             raise TLSpecError("give either MODEL arguments or --study, not both")
-        study = stability_study(seeds=args.seeds, measure=args.measure, null=args.null,
-                                n_blocks=args.n_blocks, n_resamples=args.n_resamples,
-                                backend=args.backend, progress=sys.stderr.isatty())
-        _report(args, f"study: {args.study}", study.table(), study)
+        from tl_spec.zoo.registry import refit_groups
+
+        study_values = {k: v for k, v in values.items() if k in ("measure", "null", "n_blocks")}
+        groups = refit_groups(seeds=args.seeds, backend=args.backend)
+        study = stability_study(groups, heldout_texts(32), heldout_texts(16, offset=32),
+                                stats=stats, progress=sys.stderr.isatty(), **study_values)
+        _report(args, f"study: {args.study}", study.summary(), study)
         return
     if len(args.models) < 2:
         raise TLSpecError(f"stability needs two or more models, got {len(args.models)} "
                           "(or use --study refits)")
-    prompts = list(_load_prompt_set(args).prompts) if args.prompts else heldout_texts(32)
+    prompts = _load_prompt_set(args) if args.prompts else heldout_texts(32)
     models = [_load_any(name, args) for name in args.models]
-    result = head_stability(models, prompts, measure=args.measure, null=args.null,
-                            resid=not args.no_resid, max_length=args.max_length,
-                            batch_size=args.batch_size, n_blocks=args.n_blocks,
-                            n_resamples=args.n_resamples, progress=sys.stderr.isatty())
+    result = head_stability(models, prompts, options=options, stats=stats,
+                            progress=sys.stderr.isatty())
     header = "models: " + ", ".join(args.models) + f"\nprompts: {len(prompts)}"
-    _report(args, header, result.table(), result)
+    _report(args, header, result.summary(), result)
 
 
 def _cmd_deconstruct(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from tl_spec import deconstruct
-    from tl_spec.experiments.deconstruct import _check
+    from tl_spec.experiments.deconstruct import deconstruct
     from tl_spec.prompts import E06_TEXTS, STANDARD_10
 
+    options = DeconstructOptions.from_namespace(args)
     if args.trained:
         if args.model:
             raise TLSpecError("--trained uses the zoo's variants set; give no MODEL with it")
-        from tl_spec import trained_variants_study
+        from tl_spec.corpus import heldout_texts
+        from tl_spec.experiments.variant_study import N_HELDOUT_TEXTS, trained_variants_study
+        from tl_spec.zoo.registry import variant_groups
 
-        study = trained_variants_study(n_resamples=args.n_resamples, backend=args.backend)
-        _report(args, "trained variants (zoo set 'variants')", study.table(), study)
+        standard, trained = variant_groups(backend=args.backend)
+        study = trained_variants_study(standard, trained, texts=heldout_texts(N_HELDOUT_TEXTS),
+                                       n_resamples=options.n_resamples)
+        _report(args, "trained variants (zoo set 'variants')", study.summary(), study)
         return
     if not args.model:
         raise TLSpecError("give a MODEL (or --trained for the zoo's trained variants)")
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    placements = [p.strip() for p in args.placements.split(",") if p.strip()]
-    _check(variants, args.form, args.n_resamples)
     if args.texts:
         path = Path(args.texts)
         if not path.is_file():
@@ -398,10 +353,8 @@ def _cmd_deconstruct(args: argparse.Namespace) -> None:
     else:
         texts = list(STANDARD_10) + list(E06_TEXTS)
     model = _load_any(args.model, args)
-    result = deconstruct(model, texts, variants=variants, placements=placements, form=args.form,
-                         source_layer=args.source_layer, max_length=args.max_length,
-                         n_resamples=args.n_resamples, progress=sys.stderr.isatty())
-    _report(args, f"model: {args.model}  texts: {len(texts)}", result.table(), result)
+    result = deconstruct(model, texts, options=options, progress=sys.stderr.isatty())
+    _report(args, f"model: {args.model}  texts: {len(texts)}", result.summary(), result)
 
 
 def _cmd_study(args: argparse.Namespace) -> int:

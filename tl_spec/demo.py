@@ -28,7 +28,7 @@ from tl_spec.fileio import atomic_write_text
 from tl_spec.prompts import E06_TEXTS, STANDARD_10
 from tl_spec.viz.report import write_report
 from tl_spec.zoo import available, load
-from tl_spec.zoo.corpus import heldout_texts
+from tl_spec.corpus import heldout_texts
 
 __all__ = ["run_demo"]
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_schedule_with_warmup
 
-from tl_spec.zoo.corpus import load_corpus
+from tl_spec.corpus import load_corpus
 from tl_spec.zoo.evidence import induction_scores
 from tl_spec.zoo.registry import model_dir
 from tl_spec.zoo.train import TrainConfig, deterministic, heldout_loss, token_stream

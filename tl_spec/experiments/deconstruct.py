@@ -43,7 +43,7 @@ from tl_spec.records import Result, array, provenance
 from tl_spec.running import model_device
 from tl_spec.stats import interval_records, paired_bootstrap
 from tl_spec.tokens import Inputs, PromptInput, pad_batch, pad_id, prepare_inputs
-from tl_spec.zoo.corpus import heldout_texts
+from tl_spec.corpus import heldout_texts
 
 __all__ = ["DeconstructOptions", "DeconstructResult", "deconstruct", "expand_placements"]
 
@@ -137,13 +137,6 @@ class DeconstructResult(Result):
             lines.append(f"{r['variant']:<12} {r['placement']:<10} {r['delta_loss']:+8.4f} "
                          f"[{ci.low:+8.4f},{ci.high:+8.4f}] {r['ppl_ratio']:7.3f} {kept}")
         return "\n".join(lines)
-
-
-def _check(variants: Sequence[str], form: str, n_resamples: int) -> None:
-    """Deprecated: build :class:`~tl_spec.options.deconstruct.DeconstructOptions` (it validates itself)."""
-    warnings.warn("deconstruct._check is deprecated; DeconstructOptions(...) validates itself",
-                  DeprecationWarning, stacklevel=2)
-    DeconstructOptions(variants=tuple(variants), form=form, n_resamples=n_resamples)
 
 
 def deconstruct(

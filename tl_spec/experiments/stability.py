@@ -227,17 +227,6 @@ def stability_options(
     return opts, st
 
 
-def _check_options(measure: str, region: str, null: Any, n_blocks: int, batch_size: int,
-                   n_resamples: int) -> None:
-    """Deprecated: build :class:`~tl_spec.options.StabilityOptions` (it validates itself)."""
-    warnings.warn("_check_options is deprecated; StabilityOptions(...) and "
-                  "StabilityStatsOptions(...) validate themselves", DeprecationWarning,
-                  stacklevel=2)
-    StabilityOptions(measure=measure, region=region, null=null, n_blocks=n_blocks,
-                     batch_size=batch_size)
-    StabilityStatsOptions(n_resamples=n_resamples)
-
-
 def check_models(models: Sequence[Any], *, what: str = "models") -> list[Any]:
     """At least two TransformerLens models of one architecture; a clear error otherwise.
 

@@ -8,10 +8,10 @@ blocks in every group (so differences between groups stay paired); a claim "hold
 its interval excludes zero on the supporting side.
 
 The caller passes the groups and texts; the zoo's refit set is one source of them
-(:func:`refit_groups`, which needs `tl-spec zoo build refits`).
+(:func:`tl_spec.zoo.refit_groups`, which needs `tl-spec zoo build refits`).
 
 >>> from tl_spec import stability_study
->>> study = stability_study(refit_groups(seeds=3), prompts, texts)  # doctest: +SKIP
+>>> study = stability_study(tl_spec.zoo.refit_groups(seeds=3), prompts, texts)  # doctest: +SKIP
 >>> print(study.summary())                                          # doctest: +SKIP
 """
 
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import scipy.stats
 
+from tl_spec.corpus import heldout_texts
 from tl_spec.display import short_name
 from tl_spec.errors import TLSpecError
 from tl_spec.experiments.importance import head_importance
@@ -38,10 +39,10 @@ from tl_spec.options.stability import (
 )
 from tl_spec.prompts import PromptSet
 from tl_spec.records import Result, provenance
+from tl_spec.sources import source
 from tl_spec.stats import Interval, interval_records, paired_bootstrap
 
-__all__ = ["CLAIMS", "StabilityStudyOptions", "StudyGroup", "StudyResult", "refit_groups",
-           "stability_study"]
+__all__ = ["CLAIMS", "StabilityStudyOptions", "StudyGroup", "StudyResult", "stability_study"]
 
 CLAIMS = (
     "middle-layer heads are the least stable yet the most distinct",
@@ -153,36 +154,8 @@ class StudyResult(Result):
         return "\n".join(lines)
 
 
-def refit_groups(*, seeds: int | None = None, depths: Sequence[int] | None = None,
-                 backend: str = "auto") -> list[StudyGroup]:
-    """The zoo's refit set as study groups (built models only; a clear error otherwise).
-
-    The zoo-based source of :func:`stability_study`'s groups (it belongs with the zoo).
-
-    >>> [g.name for g in refit_groups(seeds=2)]  # doctest: +SKIP
-    ['L2-wd0', 'L2-wd0.1', 'L4-wd0', 'L4-wd0.1']
-    """
-    from tl_spec.zoo import registry  # upward import: experiments sit below the zoo
-
-    found: dict[tuple[int, float], list[str]] = {}
-    for m in registry.SETS["refits"]:
-        if m.config is None:
-            raise TLSpecError(f"zoo model {m.name} of the refit set has no training config")
-        key = (m.config.n_layers, m.config.weight_decay)
-        if depths is None or key[0] in depths:
-            found.setdefault(key, []).append(m.name)
-    groups = []
-    for (depth, wd), names in sorted(found.items()):
-        names = names[:seeds] if seeds else names
-        groups.append(StudyGroup(f"L{depth}-wd{wd:g}", depth, wd,
-                                 [registry.load(n, backend=backend) for n in names]))
-    return groups
-
-
 def _zoo_texts(n_prompts: int) -> tuple[list[str], list[str]]:
     """Disjoint held-out zoo documents: ``n_prompts`` stability prompts, 16 importance texts."""
-    from tl_spec.zoo.corpus import heldout_texts  # upward import: experiments sit below the zoo
-
     return heldout_texts(n_prompts), heldout_texts(16, offset=n_prompts)
 
 
@@ -249,7 +222,7 @@ def stability_study(
 
     Args:
         groups: the configurations, each two or more models trained from different seeds
-            (e.g. :func:`refit_groups`). Deprecated: ``None`` loads the zoo's refit set.
+            (e.g. :func:`tl_spec.zoo.refit_groups`). Deprecated: ``None`` loads the zoo's refit set.
         prompts: stability prompts, the same for every group. Deprecated: ``None`` takes
             ``n_prompts`` held-out zoo documents.
         texts: importance texts. Deprecated: ``None`` takes 16 further held-out documents.
@@ -265,21 +238,21 @@ def stability_study(
     Returns:
         :class:`StudyResult`.
 
-    >>> print(stability_study(refit_groups(seeds=3), prompts, texts, n_resamples=200).summary())  # doctest: +SKIP
+    >>> print(stability_study(tl_spec.zoo.refit_groups(seeds=3), prompts, texts, n_resamples=200).summary())  # doctest: +SKIP
     """
     opts, st = split_options(
         option_values, (StabilityStudyOptions, options),
         (StabilityStatsOptions, stats.to_kwargs() if type(stats) is StatsOptions else stats))
     if groups is None or prompts is None or texts is None:
         warnings.warn("stability_study without groups, prompts and texts is deprecated: pass "
-                      "them (groups=refit_groups(seeds=..., depths=..., backend=...), held-out "
+                      "them (groups=tl_spec.zoo.refit_groups(seeds=..., depths=..., backend=...), held-out "
                       "texts as prompts and texts)", DeprecationWarning, stacklevel=2)
     stab_opts = StabilityOptions(measure=opts.measure, null=opts.null, resid=True,
                                  n_blocks=opts.n_blocks)
     stab_opts.blocks_for(n_prompts if prompts is None else
                          len(prompts.prompts if isinstance(prompts, PromptSet) else prompts))
-    groups = list(groups) if groups is not None else refit_groups(seeds=seeds, depths=depths,
-                                                                   backend=backend)
+    groups = list(groups) if groups is not None else source("refit_groups")(
+        seeds=seeds, depths=depths, backend=backend)
     if not groups or any(len(g.models) < 2 for g in groups):
         raise TLSpecError("every study group needs two or more models (seeds)")
     if prompts is None or texts is None:

@@ -158,16 +158,12 @@ def zoo_variant_groups(*, backend: str = "auto") -> tuple[list[Any], dict[tuple[
 
 
 def _zoo_groups(backend: str) -> tuple[list[Any], dict[tuple[str, str], list[Any]]]:
-    # Deprecated paths only, the one import of the zoo (a higher layer) from this module:
-    # delete with zoo_variant_groups and the no-model / no-text forms of trained_variants_study.
-    from tl_spec.zoo.registry import variant_groups
-
-    return variant_groups(backend=backend)
+    # Deprecated paths only (the zoo registers this source when it is imported): delete with
+    # zoo_variant_groups and the no-model / no-text forms of trained_variants_study.
+    return source("variant_groups")(backend=backend)
 
 
 def _zoo_texts() -> list[str]:
-    from tl_spec.zoo.corpus import heldout_texts  # deprecated path only (see _zoo_groups)
-
     return heldout_texts(N_HELDOUT_TEXTS)
 
 
@@ -213,7 +209,7 @@ def trained_variants_study(
         raise TLSpecError("every group needs at least one model, and standard models are needed")
     if texts is None:
         warnings.warn("trained_variants_study without texts is deprecated; pass texts= (e.g. "
-                      "tl_spec.zoo.corpus.heldout_texts(64))", DeprecationWarning, stacklevel=2)
+                      "tl_spec.corpus.heldout_texts(64))", DeprecationWarning, stacklevel=2)
         texts = _zoo_texts()
 
     def prepared(model: Any) -> Inputs:

@@ -11,6 +11,7 @@ before any model is loaded.
 """
 
 from tl_spec.options.base import Options, check_choice, check_number, option, split_options
+from tl_spec.options.deconstruct import DeconstructOptions, VariantStudyOptions
 from tl_spec.options.importance import ImportanceOptions
 from tl_spec.options.noise import NoiseOptions, ProbeOptions, SensitivityOptions, SweepOptions
 from tl_spec.options.si import (
@@ -35,6 +36,7 @@ __all__ = [
     "MEASURES",
     "METHODS",
     "Aggregate",
+    "DeconstructOptions",
     "ImportanceOptions",
     "Measure",
     "Method",
@@ -51,6 +53,7 @@ __all__ = [
     "StatDtype",
     "StatsOptions",
     "SweepOptions",
+    "VariantStudyOptions",
     "check_choice",
     "check_number",
     "option",

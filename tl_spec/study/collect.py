@@ -72,7 +72,8 @@ def _condition_rows(results: list[Any]) -> dict[str, Any]:
                "seed": cell.get("seed")}
         if r.kind == "probe_sweep":
             frame = r.to_frame()
-            sweep += [{**who, **row} for row in frame.drop(columns="seed").to_dict("records")]
+            rows = frame.drop(columns=["seed", "model"], errors="ignore").to_dict("records")
+            sweep += [{**who, **row} for row in rows]
         elif r.kind == "deconstruct":
             dec += [{**who, "variant": row["variant"], "placement": row["placement"],
                      "delta_loss": row["delta_loss"], "ci_low": row["interval"].low,

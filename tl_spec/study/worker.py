@@ -216,9 +216,11 @@ def run_task(task: dict[str, Any], cache: ModelCache | None = None) -> list[dict
 
 
 def init_worker(threads: int | None) -> None:
-    """Process-pool initializer: import tl_spec and TransformerLens once, set the thread count."""
+    """Process-pool initializer: import the experiments, the zoo and TransformerLens once, set
+    the thread count."""
     import transformer_lens  # noqa: F401  (seconds of imports: part of start-up, not of a load)
 
-    import tl_spec  # noqa: F401
+    import tl_spec.results  # noqa: F401  (every experiment)
+    import tl_spec.zoo  # noqa: F401  (registers the zoo's checkpoint extension and sources)
 
     set_threads(threads)

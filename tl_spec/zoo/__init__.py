@@ -20,8 +20,9 @@ from tl_spec.zoo.registry import (
     cache_dir,
     load,
     model_dir,
+    refit_groups,
     variant_groups,
 )
 
 __all__ = ["SETS", "ZooEntry", "ZooModel", "available", "build", "cache_dir", "load", "model_dir",
-           "variant_groups", "variant_models"]
+           "refit_groups", "variant_groups", "variant_models"]

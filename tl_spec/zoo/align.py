@@ -124,7 +124,7 @@ def instruction_examples(
     MIN_RESPONSE_CHARS characters are skipped. The kept examples are shuffled by
     ``numpy.random.default_rng(seed)``, so ``seed`` picks which ``n`` are kept.
 
-    >>> from tl_spec.zoo.corpus import Document
+    >>> from tl_spec.corpus import Document
     >>> doc = Document("topic:x", "x", "The x statement\\n***\\n\\n" + "X does things. " * 10)
     >>> ex = instruction_examples([doc])[0]
     >>> print(ex.prompt + ex.response[:14])

@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Float
 
 from tl_spec.names import hook_name
-from tl_spec.zoo.corpus import load_corpus
+from tl_spec.corpus import load_corpus
 
 __all__ = ["head_scores", "induction_scores", "repeat_losses"]
 

@@ -30,19 +30,21 @@ from typing import Any
 import torch
 
 from tl_spec.errors import TLSpecError
+from tl_spec.experiments.stability_study import StudyGroup
 from tl_spec.models import load_model
+from tl_spec.sources import register_source
 from tl_spec.zoo.align import (
     instruction_examples,
     preference_pairs,
     train_dpo,
     train_sft,
 )
-from tl_spec.zoo.corpus import load_corpus
+from tl_spec.corpus import load_corpus
 from tl_spec.zoo.train import TrainConfig, train_base, train_tokenizer
 from tl_spec.zoo.variant_models import ATTRIBUTE as _VARIANT_ATTRIBUTE
 
 __all__ = ["MARKER", "SETS", "ZooEntry", "ZooModel", "available", "build", "cache_dir", "find",
-           "load", "model_dir", "variant_groups"]
+           "load", "model_dir", "refit_groups", "variant_groups"]
 
 MARKER = "tl_spec_zoo.json"
 TOKENIZER = "tokenizer"
@@ -219,6 +221,30 @@ def variant_groups(*, backend: str = "auto") -> tuple[list[Any], dict[tuple[str,
     return standard, groups
 
 
+def refit_groups(*, seeds: int | None = None, depths: Sequence[int] | None = None,
+                 backend: str = "auto") -> list[StudyGroup]:
+    """The zoo's refit set as study groups (built models only; a clear error otherwise).
+
+    What :func:`tl_spec.stability_study` compares (needs ``tl-spec zoo build refits``).
+
+    >>> [g.name for g in refit_groups(seeds=2)]  # doctest: +SKIP
+    ['L2-wd0', 'L2-wd0.1', 'L4-wd0', 'L4-wd0.1']
+    """
+    found: dict[tuple[int, float], list[str]] = {}
+    for m in SETS["refits"]:
+        if m.config is None:
+            raise TLSpecError(f"zoo model {m.name} of the refit set has no training config")
+        key = (m.config.n_layers, m.config.weight_decay)
+        if depths is None or key[0] in depths:
+            found.setdefault(key, []).append(m.name)
+    groups = []
+    for (depth, wd), names in sorted(found.items()):
+        names = names[:seeds] if seeds else names
+        groups.append(StudyGroup(f"L{depth}-wd{wd:g}", depth, wd,
+                                 [load(n, backend=backend) for n in names]))
+    return groups
+
+
 @dataclass(frozen=True)
 class ZooEntry:
     """One line of ``tl-spec zoo list``."""
@@ -370,3 +396,8 @@ def build(
             if on_done is not None:
                 on_done(name, metrics)
     return root
+
+
+register_source("refit_groups", refit_groups)
+register_source("variant_groups", variant_groups)
+

@@ -2,7 +2,7 @@
 
 Standard Hugging Face checkpoints (Llama or Mistral config, safetensors, the zoo's tokenizer)
 trained with PyTorch's AdamW and transformers' cosine schedule on the corpus of
-:mod:`tl_spec.zoo.corpus`: windows of ``ctx`` tokens drawn from the concatenated training
+:mod:`tl_spec.corpus`: windows of ``ctx`` tokens drawn from the concatenated training
 documents with a seeded generator, optionally mixed with repeated random-token sequences
 (:func:`copy_sequences`, the induction-head curriculum of the default set). Held-out loss is
 measured on non-overlapping windows of the held-out documents and compared with the unigram
@@ -28,7 +28,7 @@ import torch
 from jaxtyping import Int
 
 from tl_spec.errors import TLSpecError
-from tl_spec.zoo.corpus import Corpus, Document, load_corpus
+from tl_spec.corpus import Corpus, Document, load_corpus
 from tl_spec.zoo.evidence import induction_scores
 from tl_spec.zoo.variant_models import FILE as VARIANT_FILE
 from tl_spec.zoo.variant_models import VariantSpec, install
