@@ -36,7 +36,7 @@ def models(tiny_checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathF
 
 
 def _sensitivity(m: Any) -> Any:
-    return tl_spec.noise_sensitivity(m, PROMPTS, sigmas=(0.0, 0.05, 0.1), seeds=(1,),
+    return tl_spec.noise_sensitivity(m, PROMPTS, sigmas=(0.0, 0.05, 0.1), seeds=(1, 2),
                                      max_length=32)
 
 

@@ -112,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="two or more checkpoints (directories, hub names or zoo model names)")
     st.add_argument("--study", default=None, choices=("refits",),
                     help="run seed 004's five claims on the zoo's refit set instead")
-    st.add_argument("--seeds", type=int, default=None,
+    st.add_argument("--seeds", type=int, default=None, metavar="N",
                     help="--study: seeds per group (default: all built)")
+    _add_loading_args(st)
     StabilityOptions.add_arguments(st, exclude=("stat_dtype", "n_blocks"))
     st.add_argument("--n-blocks", type=int, default=16, metavar="G",
                     help="prompt blocks of the bootstrap (default: 16)")
@@ -433,7 +434,10 @@ _COMMANDS: dict[str, Any] = {"si": _cmd_si, "delta": _cmd_delta, "describe": _cm
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tl-spec``; returns the exit status (2 for bad input)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse printed the usage and the error (or the help)
+        return int(exc.code or 0)
     if args.version:
         from tl_spec.records import versions
 
