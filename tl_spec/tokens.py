@@ -19,7 +19,7 @@ import inspect
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Int
@@ -106,27 +106,14 @@ def tokenize(
     kwargs: dict[str, Any] = {"prepend_bos": prepend_bos, "move_to_device": False}
     if "truncate" in inspect.signature(model.to_tokens).parameters:
         kwargs["truncate"] = False
-    ids: list[tuple[int, ...]] = []
-    truncated = 0
-    for i, prompt in enumerate(prompts):
-        row = model.to_tokens(prompt, **kwargs)[0].tolist()
-        if len(row) > max_length:
-            truncated += 1
-            row = row[:max_length]
-        if len(row) < min_tokens:
-            raise TLSpecError(
-                f"prompt {i} ({prompt!r}) has {len(row)} token(s) with prepend_bos={prepend_bos}; "
+    rows = [model.to_tokens(prompt, **kwargs)[0].tolist() for prompt in prompts]
+
+    def too_short(i: int, n: int) -> str:
+        return (f"prompt {i} ({prompts[i]!r}) has {n} token(s) with prepend_bos={prepend_bos}; "
                 f"attention statistics need at least {min_tokens}. Use a longer prompt or "
-                "prepend_bos=True."
-            )
-        ids.append(tuple(int(t) for t in row))
-    if truncated:
-        warnings.warn(
-            f"{truncated} of {len(ids)} prompts were longer than max_length={max_length} tokens "
-            "and were truncated; raise max_length to keep them whole.",
-            TLSpecWarning,
-            stacklevel=3,
-        )
+                "prepend_bos=True.")
+
+    ids, truncated = _truncated(rows, max_length, min_tokens, too_short)
     return Tokenized(tuple(ids), truncated, prepend_bos, max_length)
 
 
@@ -284,17 +271,7 @@ def prepare_inputs(
     if not rows:
         raise TLSpecError("the token input holds no prompts; pass at least one row of ids")
     d_vocab = getattr(getattr(model, "cfg", None), "d_vocab", None)
-    ids: list[tuple[int, ...]] = []
-    truncated = 0
     for i, row in enumerate(rows):
-        if len(row) > max_length:
-            truncated += 1
-            row = row[:max_length]
-        if len(row) < min_tokens:
-            raise TLSpecError(
-                f"prompt {i} has {len(row)} real token(s); attention statistics need at least "
-                f"{min_tokens}. Drop it or check its attention_mask row."
-            )
         bad = [t for t in row if t < 0 or (d_vocab is not None and t >= int(d_vocab))]
         if bad:
             raise TLSpecError(
@@ -302,18 +279,38 @@ def prepare_inputs(
                 f"(0..{int(d_vocab) - 1 if d_vocab else '?'}); were these ids made by another "
                 "tokenizer?"
             )
+
+    def too_short(i: int, n: int) -> str:
+        return (f"prompt {i} has {n} real token(s); attention statistics need at least "
+                f"{min_tokens}. Drop it or check its attention_mask row.")
+
+    ids, truncated = _truncated(rows, max_length, min_tokens, too_short)
+    tokenized = Tokenized(tuple(ids), truncated, None, max_length)
+    info = {"name": "token ids", "n_prompts": len(ids), "source": "token ids",
+            "token_ids_sha256": token_ids_sha256(tokenized.ids)}
+    return Inputs(tokenized, None, info)
+
+
+def _truncated(rows: Sequence[Sequence[int]], max_length: int, min_tokens: int,
+               too_short: Any) -> tuple[list[tuple[int, ...]], int]:
+    """Rows cut to ``max_length`` (counted and warned about); a row under ``min_tokens`` is an
+    error whose message ``too_short(index, n_tokens)`` gives."""
+    ids, truncated = [], 0
+    for i, row in enumerate(rows):
+        if len(row) > max_length:
+            truncated += 1
+            row = row[:max_length]
+        if len(row) < min_tokens:
+            raise TLSpecError(too_short(i, len(row)))
         ids.append(tuple(int(t) for t in row))
     if truncated:
         warnings.warn(
             f"{truncated} of {len(ids)} prompts were longer than max_length={max_length} tokens "
             "and were truncated; raise max_length to keep them whole.",
             TLSpecWarning,
-            stacklevel=2,
+            stacklevel=4,
         )
-    tokenized = Tokenized(tuple(ids), truncated, None, max_length)
-    info = {"name": "token ids", "n_prompts": len(ids), "source": "token ids",
-            "token_ids_sha256": token_ids_sha256(tokenized.ids)}
-    return Inputs(tokenized, None, info)
+    return ids, truncated
 
 
 def pad_id(model: Any) -> int:

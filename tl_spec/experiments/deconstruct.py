@@ -45,10 +45,25 @@ from tl_spec.stats import interval_records, paired_bootstrap
 from tl_spec.tokens import Inputs, PromptInput, pad_batch, pad_id, prepare_inputs
 from tl_spec.corpus import heldout_texts
 
-__all__ = ["DeconstructOptions", "DeconstructResult", "deconstruct", "expand_placements"]
+__all__ = ["DeconstructOptions", "DeconstructResult", "costliest", "deconstruct",
+           "expand_placements"]
 
 #: How many held-out zoo documents the ``static`` variant averages over by default.
 N_REFERENCE_TEXTS = 32
+
+
+def costliest(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Headline of the condition with the largest loss increase: ``{"largest Δloss", "at", "CI"}``
+    (empty without rows).
+
+    >>> costliest([{"variant": "uniform", "placement": "all", "delta_loss": 0.5, "interval": None}])["at"]
+    'uniform all'
+    """
+    if not rows:
+        return {}
+    worst = max(rows, key=lambda r: r["delta_loss"])
+    return {"largest Δloss": worst["delta_loss"], "at": f"{worst['variant']} {worst['placement']}",
+            "CI": worst["interval"]}
 
 
 def expand_placements(placements: Sequence[Any], n_layers: int) -> list[tuple[str, list[int]]]:
@@ -95,11 +110,7 @@ class DeconstructResult(Result):
         out: dict[str, Any] = {"clean loss": self.clean_loss,
                                "texts": self.settings.get("n_texts", len(self.clean_text_loss)),
                                "conditions": len(self.rows)}
-        if self.rows:
-            worst = max(self.rows, key=lambda r: r["delta_loss"])
-            out.update({"largest Δloss": worst["delta_loss"],
-                        "at": f"{worst['variant']} {worst['placement']}",
-                        "CI": worst["interval"]})
+        out.update(costliest(self.rows))
         return out
 
     def to_frame(self) -> Any:

@@ -29,6 +29,7 @@ from jaxtyping import Float, Int
 
 from tl_spec.display import short_name
 from tl_spec.errors import TLSpecError
+from tl_spec.experiments.deconstruct import costliest
 from tl_spec.experiments.importance import token_losses
 from tl_spec.models import model_id
 from tl_spec.options.deconstruct import VariantStudyOptions
@@ -99,11 +100,7 @@ class VariantStudyResult(Result):
         """Standard loss, the number of groups, and the costliest group with its interval."""
         out: dict[str, Any] = {"standard loss": self.standard_loss, "groups": len(self.rows),
                                "texts": self.settings.get("n_texts")}
-        if self.rows:
-            worst = max(self.rows, key=lambda r: r["delta_loss"])
-            out.update({"largest Δloss": worst["delta_loss"],
-                        "at": f"{worst['variant']} {worst['placement']}",
-                        "CI": worst["interval"]})
+        out.update(costliest(self.rows))
         return out
 
     def tags(self) -> list[str]:

@@ -23,10 +23,11 @@ from typing import Any, Literal
 
 from tl_spec.errors import TLSpecError
 from tl_spec.names import parse_layers
-from tl_spec.options.base import Options, option
+from tl_spec.options.base import option
+from tl_spec.options.si import StatsOptions
 
-__all__ = ["FORMS", "VARIANTS", "DeconstructOptions", "Form", "Variant", "VariantStudyOptions",
-           "check_placement", "hybrid_period", "split_names"]
+__all__ = ["FORMS", "VARIANTS", "DeconstructOptions", "Form", "TextBootstrapOptions", "Variant",
+           "VariantStudyOptions", "check_placement", "hybrid_period", "split_names"]
 
 Variant = Literal["no_mixing", "uniform", "static", "form", "decoupled"]
 Form = Literal["relu", "sigmoid", "softmax"]
@@ -131,7 +132,23 @@ def _ints(values: Any) -> list[int]:
 
 
 @dataclass(frozen=True)
-class DeconstructOptions(Options):
+class TextBootstrapOptions(StatsOptions):
+    """:class:`~tl_spec.options.StatsOptions` of a bootstrap over texts (2,000 resamples).
+
+    >>> TextBootstrapOptions().n_resamples
+    2000
+    """
+
+    family = "bootstrap"
+
+    confidence: float = option(0.95, "confidence level of the loss-change intervals, strictly "
+                               "between 0 and 1", minimum=0, exclusive_min=True)
+    n_resamples: int = option(2000, "bootstrap resamples over texts", minimum=100, integer=True)
+    seed: int = option(0, "seed of the bootstrap", minimum=0, integer=True)
+
+
+@dataclass(frozen=True)
+class DeconstructOptions(TextBootstrapOptions):
     """How :func:`tl_spec.deconstruct` replaces attention and measures the cost.
 
     Attributes:
@@ -169,10 +186,6 @@ class DeconstructOptions(Options):
                                minimum=0, integer=True)
     max_length: int = option(128, "truncate texts to this many tokens", minimum=2, integer=True)
     batch_size: int = option(8, "texts per forward pass", minimum=1, integer=True)
-    confidence: float = option(0.95, "confidence level of the loss-change intervals, strictly "
-                               "between 0 and 1", minimum=0, exclusive_min=True)
-    n_resamples: int = option(2000, "bootstrap resamples over texts", minimum=100, integer=True)
-    seed: int = option(0, "seed of the bootstrap", minimum=0, integer=True)
 
     def __post_init__(self) -> None:
         variants = split_names(self.variants)
@@ -187,12 +200,10 @@ class DeconstructOptions(Options):
         object.__setattr__(self, "placements", tuple(check_placement(p) for p in placements))
         super().__post_init__()
 
-    def validate(self) -> None:
-        _check_confidence(self.confidence)
 
 
 @dataclass(frozen=True)
-class VariantStudyOptions(Options):
+class VariantStudyOptions(TextBootstrapOptions):
     """How :func:`tl_spec.trained_variants_study` measures held-out loss and its intervals.
 
     Attributes:
@@ -210,16 +221,3 @@ class VariantStudyOptions(Options):
 
     max_length: int = option(128, "truncate texts to this many tokens", minimum=2, integer=True)
     batch_size: int = option(16, "texts per forward pass", minimum=1, integer=True)
-    confidence: float = option(0.95, "confidence level of the loss-change intervals, strictly "
-                               "between 0 and 1", minimum=0, exclusive_min=True)
-    n_resamples: int = option(2000, "bootstrap resamples over texts", minimum=100, integer=True)
-    seed: int = option(0, "seed of the bootstrap", minimum=0, integer=True)
-
-    def validate(self) -> None:
-        _check_confidence(self.confidence)
-
-
-def _check_confidence(confidence: float) -> None:
-    if confidence >= 1:
-        raise TLSpecError(f"confidence must be strictly between 0 and 1 (e.g. 0.95), got "
-                          f"{confidence!r}")

@@ -124,6 +124,17 @@ def _split(text: str, what: str, example: str) -> list[str]:
     return parts
 
 
+def _numbers(text: str, kind: type, what: str, kinds: str, example: str) -> tuple[Any, ...]:
+    out = []
+    for part in _split(text, what, example):
+        try:
+            out.append(kind(part))
+        except ValueError:
+            raise OptionTextError(f"{what} must be comma-separated {kinds}, got {part!r} in "
+                                  f"{text!r}") from None
+    return tuple(out)
+
+
 def parse_sigmas(text: str) -> tuple[float, ...]:
     """Comma-separated noise levels (command line, study file) as a tuple of floats.
 
@@ -134,14 +145,7 @@ def parse_sigmas(text: str) -> tuple[float, ...]:
     ...
     tl_spec.options.noise.OptionTextError: sigmas is empty; give comma-separated values, e.g. 0,0.05,0.1
     """
-    out = []
-    for part in _split(text, "sigmas", "0,0.05,0.1"):
-        try:
-            out.append(float(part))
-        except ValueError:
-            raise OptionTextError(f"sigmas must be comma-separated numbers, got {part!r} in "
-                             f"{text!r}") from None
-    return tuple(out)
+    return _numbers(text, float, "sigmas", "numbers", "0,0.05,0.1")
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -154,14 +158,7 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     ...
     tl_spec.options.noise.OptionTextError: seeds must be comma-separated integers, got '1.5' in '1.5'
     """
-    out = []
-    for part in _split(text, "seeds", "42,123,456"):
-        try:
-            out.append(int(part))
-        except ValueError:
-            raise OptionTextError(f"seeds must be comma-separated integers, got {part!r} in "
-                             f"{text!r}") from None
-    return tuple(out)
+    return _numbers(text, int, "seeds", "integers", "42,123,456")
 
 
 def parse_regions(text: str) -> tuple[str, ...]:
