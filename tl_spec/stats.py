@@ -24,6 +24,7 @@ import scipy.stats
 from jaxtyping import Float, Int
 
 from tl_spec.errors import TLSpecError, TLSpecWarning
+from tl_spec.options.si import StatsOptions
 
 __all__ = [
     "Interval",
@@ -184,9 +185,9 @@ def paired_bootstrap(
     statistic: Callable[[Int[np.ndarray, "... m"]], Float[np.ndarray, "..."]],
     n_units: int,
     *,
-    confidence: float = 0.95,
-    n_resamples: int = 10_000,
-    seed: int = 0,
+    confidence: float = StatsOptions.confidence,
+    n_resamples: int = StatsOptions.n_resamples,
+    seed: int = StatsOptions.seed,
     batch: int | None = None,
 ) -> Interval:
     """BCa bootstrap interval over units (prompts); percentile where BCa is undefined.
@@ -255,8 +256,8 @@ def paired_permutation_test(
     base: Float[np.ndarray, "n_units *trailing"],
     tuned: Float[np.ndarray, "n_units *trailing"],
     *,
-    n_resamples: int = 10_000,
-    seed: int = 0,
+    n_resamples: int = StatsOptions.n_resamples,
+    seed: int = StatsOptions.seed,
     alternative: Alternative = "two-sided",
     batch: int | None = None,
 ) -> PermutationResult:

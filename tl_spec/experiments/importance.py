@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 
 from tl_spec.errors import TLSpecError
-from tl_spec.experiments.run import model_device
+from tl_spec.running import model_device
 from tl_spec.models import can_start_at_layer, model_id, require_pattern_hooks
 from tl_spec.names import head_label, hook_name
 from tl_spec.options.importance import ABLATIONS, ImportanceOptions

@@ -22,7 +22,7 @@ import torch
 from jaxtyping import Float
 
 from tl_spec.errors import TLSpecError, TLSpecWarning
-from tl_spec.experiments.run import run_batches
+from tl_spec.running import run_batches
 from tl_spec.hooks.capture import PatternStats
 from tl_spec.metrics.specialization import (
     corrcoef_rows,

@@ -31,7 +31,7 @@ from jaxtyping import Float, Int
 
 from tl_spec.display import short_name
 from tl_spec.errors import TLSpecError, TLSpecWarning
-from tl_spec.experiments.run import model_device
+from tl_spec.running import model_device
 from tl_spec.hooks.features import BatchFeatures
 from tl_spec.metrics.patterns import cross_correlations, entry_mask, head_correlations
 from tl_spec.metrics.stability import PooledStats, summarize

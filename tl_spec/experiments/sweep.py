@@ -31,12 +31,13 @@ import numpy as np
 import torch
 
 from tl_spec.errors import TLSpecError
-from tl_spec.experiments.run import model_device
+from tl_spec.running import model_device
 from tl_spec.hooks.capture import PatternStats
 from tl_spec.hooks.noising import NoiseHooks, prompt_key, site_hook_name
 from tl_spec.metrics.patterns import Region
 from tl_spec.models import can_start_at_layer
 from tl_spec.names import hook_name
+from tl_spec.options.si import SIOptions
 from tl_spec.tokens import PaddingSide, Tokenized, pad_batch, pad_id, plan_batches
 
 __all__ = ["NoiseCondition", "SweepStats", "run_sweep"]
@@ -209,7 +210,7 @@ def run_sweep(
     region: Region = "lower",
     loss: bool = False,
     relative: bool = False,
-    batch_size: int = 16,
+    batch_size: int = SIOptions.batch_size,
     padding_side: PaddingSide = "right",
     stat_dtype: torch.dtype = torch.float64,
     fast: bool = True,

@@ -63,7 +63,8 @@ def _losses(model: Any, tokenized: Tokenized, batch_size: int) -> Float[np.ndarr
 
 def text_losses(model: Any, texts: PromptInput, *,
                 attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
-                max_length: int = 128, batch_size: int = 16) -> Float[np.ndarray, "n_texts"]:
+                max_length: int = VariantStudyOptions.max_length,
+                batch_size: int = VariantStudyOptions.batch_size) -> Float[np.ndarray, "n_texts"]:
     """Each text's mean next-token loss (nats) under ``model`` (right-padded batches).
 
     Args:

@@ -35,7 +35,14 @@ from tl_spec.hooks.capture import PatternStats
 from tl_spec.metrics.patterns import entry_mask
 from tl_spec.models import layer_windows, require_pattern_hooks
 from tl_spec.names import hook_name, parse_layers, resolve_layers
-from tl_spec.options.deconstruct import FORMS, VARIANTS, Form, Variant, hybrid_period
+from tl_spec.options.deconstruct import (
+    FORMS,
+    VARIANTS,
+    DeconstructOptions,
+    Form,
+    Variant,
+    hybrid_period,
+)
 from tl_spec.running import run_batches
 from tl_spec.tokens import PromptInput, prepare_inputs, real_tokens
 
@@ -103,8 +110,8 @@ def static_patterns(
     texts: PromptInput,
     *,
     attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
-    max_length: int = 128,
-    batch_size: int = 8,
+    max_length: int = DeconstructOptions.max_length,
+    batch_size: int = DeconstructOptions.batch_size,
 ) -> Float[np.ndarray, "layers heads pos pos"]:
     """Each head's mean pattern by position over ``texts`` (aligned at the first real token).
 

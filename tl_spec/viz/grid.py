@@ -30,6 +30,7 @@ from tl_spec.experiments.delta import DeltaResult
 from tl_spec.experiments.si import SIResult
 from tl_spec.fileio import atomic_write_text
 from tl_spec.models import load_model, model_id
+from tl_spec.options.si import SIOptions
 from tl_spec.prompts import STANDARD_10
 from tl_spec.records import Result
 from tl_spec.viz.html import data_script, esc, page, runtime_tags
@@ -292,7 +293,7 @@ def head_grid(
     vmin: float | None = None,
     vmax: float | None = None,
     decimals: int = 3,
-    max_length: int = 128,
+    max_length: int = SIOptions.max_length,
     prepend_bos: bool | None = None,
     grid_id: str = "",
 ) -> HeadGrid:

@@ -26,9 +26,10 @@ import torch
 from jaxtyping import Float
 
 from tl_spec.errors import TLSpecError
-from tl_spec.experiments.run import model_device
+from tl_spec.running import model_device
 from tl_spec.models import require_pattern_hooks
 from tl_spec.names import hook_name
+from tl_spec.options.si import SIOptions
 from tl_spec.tokens import tokenize
 from tl_spec.viz.html import content_key
 
@@ -154,7 +155,7 @@ def capture_patterns(
     *,
     label: str,
     decimals: int = 3,
-    max_length: int = 128,
+    max_length: int = SIOptions.max_length,
     prepend_bos: bool | None = None,
 ) -> PatternSet:
     """Run ``model`` once on ``prompt`` and keep every head's pattern, rounded to ``decimals``.
