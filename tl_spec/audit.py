@@ -2,8 +2,8 @@
 
 For each file: the stored SI of base and instruct, the SI recomputed with
 :func:`~tl_spec.metrics.specialization.si_from_entropy_profile` from the stored ``entropies``
-(max abs difference), stored and recomputed Delta SI (GUIDE Eq. 2, relative, in %), and flags for
-the pitfalls of GUIDE section 1: per-seed SI values that are identical (the 3-seed protocol
+(max abs difference), stored and recomputed Delta SI (the paper's Eq. 2, relative, in %), and flags for
+the pitfalls of the published material: per-seed SI values that are identical (the 3-seed protocol
 repeated a deterministic forward pass), stored intervals of zero width, files with no matrix.
 ``audit_files(..., paper_table=True)`` compares the recomputed Delta SI with the paper's Table 4.
 

@@ -1,6 +1,6 @@
 """Statistics for specialization measurements: a thin layer over ``scipy.stats``.
 
-The sampling unit is the prompt (GUIDE section 1): a deterministic forward pass repeated under
+The sampling unit is the prompt: a deterministic forward pass repeated under
 three seeds is one observation, not three. Intervals therefore resample prompt *indices*, so
 paired quantities (base and tuned model on the same prompt) stay paired; seeds are aggregated
 only where something random happens (noise), and :func:`check_seeds` says when they did not act.

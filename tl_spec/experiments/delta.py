@@ -49,7 +49,7 @@ __all__ = [
 
 
 def relative_change(base: Any, tuned: Any) -> Any:
-    """ΔSI in percent (GUIDE Eq. 2): (tuned - base) / base x 100.
+    """ΔSI in percent (Eq. 2 of the paper): (tuned - base) / base x 100.
 
     >>> float(relative_change(0.5, 0.4).round(9))
     -20.0

@@ -1,7 +1,8 @@
 """Specialization Index maths on per-prompt statistics: no model, numpy in, numbers out.
 
-Three definitions circulate (GUIDE section 1); each is computed here from the statistics the
-capture hooks reduce inside the forward pass:
+Three definitions circulate in the material of D'Elia's "Alignment Robustness Depends More on
+Training than Architecture" (its Eq. 1, its E11 notebooks, its ``src/metrics.py``); each is
+computed here from the statistics the capture hooks reduce inside the forward pass:
 
 - ``pattern``: 1 - mean of the upper-triangle Pearson correlations between a layer's heads.
 - ``entropy_profile``: heads' normalized-entropy profiles across layers, correlated;
