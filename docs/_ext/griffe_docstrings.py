@@ -5,7 +5,8 @@ the text and Sphinx roles (``:func:`x```). Markdown would read a bare doctest li
 ``>>> xs[0][:2]`` as a reference link, and shows roles verbatim. Before griffe parses a
 docstring, this extension fences every run of doctest lines (``>>>`` / ``...`` and the output
 that follows, up to a blank line) as a ``pycon`` code block and turns ``:role:`~a.b``` into the
-code span ```a.b```. The docstrings themselves are unchanged.
+code span ```a.b```; ``# doctest: +SKIP`` flags are dropped from the
+rendered examples. The docstrings themselves are unchanged.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import re
 import griffe
 
 _ROLE = re.compile(r":(?:func|class|meth|attr|mod|data|obj|exc|py:\w+):`~?([^`]+)`")
+_FLAGS = re.compile(r"\s*#\s*doctest:.*$")
 
 
 def fence_doctests(text: str) -> str:
-    """Return ``text`` with each run of doctest lines wrapped in a ```pycon fence."""
+    """Return ``text`` with each run of doctest lines in a ```pycon fence, doctest flags dropped."""
     out: list[str] = []
     in_block = False
     indent = ""
@@ -31,7 +33,7 @@ def fence_doctests(text: str) -> str:
         elif in_block and not stripped:
             out.append(f"{indent}```")
             in_block = False
-        out.append(line)
+        out.append(_FLAGS.sub("", line) if in_block else line)
     if in_block:
         out.append(f"{indent}```")
     return "\n".join(out)
