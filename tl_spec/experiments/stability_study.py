@@ -1,4 +1,5 @@
-"""Seed 004's five claims, measured on groups of refits (one configuration, several seeds each).
+"""The five head-stability claims of Bali et al. (2026, "Quantifying LLM Attention-Head
+Stability"), measured on groups of refits (one configuration, several seeds each).
 
 Each group is one configuration (depth, weight decay) trained from several seeds. Per group:
 :func:`~tl_spec.head_stability` (with random-init nulls and ``resid_post`` CKA) and, per model,
@@ -146,7 +147,7 @@ class StudyResult(Result):
 
     def summary(self) -> str:
         """One line per claim: effect [interval] and whether it holds at this scale."""
-        lines = [f"seed 004 claims, measure={self.measure} (positive effect supports the claim)"]
+        lines = [f"Bali et al. (2026) claims, measure={self.measure} (positive effect supports the claim)"]
         for c in self.claims:
             ci = c["interval"]
             lines.append(f"{c['id']}. {c['claim']}\n   {c['statistic']}: {c['effect']:+.4f} "
@@ -218,7 +219,7 @@ def stability_study(
     backend: str = "auto",
     **option_values: Any,
 ) -> StudyResult:
-    """Measure seed 004's five claims on ``groups`` of refits.
+    """Measure the five head-stability claims of Bali et al. (2026) on ``groups`` of refits.
 
     Args:
         groups: the configurations, each two or more models trained from different seeds

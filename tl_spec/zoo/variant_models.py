@@ -1,6 +1,6 @@
 """Attention variants as part of a model's architecture: trained in, saved with, loaded back.
 
-A checkpoint trained with a variant (seed 003) is a standard Hugging Face Llama/Mistral
+A checkpoint trained with an attention variant (Xue, Moosavi & Aletras 2025) is a standard Hugging Face Llama/Mistral
 checkpoint plus ``tl_spec_variant.json`` naming the variant and its layers. Training runs the
 variant inside the Hugging Face model (:func:`install`: an attention function registered with
 ``transformers.AttentionInterface`` for ``no_mixing`` / ``uniform`` / ``form``, forward hooks on
