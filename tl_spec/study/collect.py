@@ -126,7 +126,8 @@ def csv_safe(frame: Any) -> Any:
     for col in out.columns:
         if out[col].dtype == object or str(out[col].dtype) in ("string", "str"):
             out[col] = out[col].map(
-                lambda v: "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v)
+                lambda v: "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v,
+                na_action="ignore")
     return out
 
 

@@ -28,7 +28,8 @@ time; the claim goes when the result (or failure) is stored. A second run on the
 skips cells claimed by another, so two concurrent runs never compute a cell twice. The run
 touches its claims every :data:`HEARTBEAT` seconds; a claim is stale, and taken over, when its
 process is dead (same host), or when it has not been touched for :data:`CLAIM_TIMEOUT` seconds
-(another host: its run was killed or lost).
+(another host's run that was killed or lost; a reused pid). Clocks of the hosts sharing a store
+should agree to well within that timeout (claim ages compare file mtimes with this host's clock).
 
 >>> store = Store("zoo.store")             # doctest: +SKIP
 >>> store.check(cell.key)                  # doctest: +SKIP
@@ -222,8 +223,7 @@ class Store:
                 return None
             if not _alive(info["pid"]):
                 return f"process {info['pid']} on this host is dead"
-            return None
-        if info["age"] > timeout:
+        if info["age"] > timeout:  # another host's run, or a reused pid: no heartbeat
             return f"no heartbeat for {info['age']:.0f} s (> {timeout:.0f} s)"
         return None
 
