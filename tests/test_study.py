@@ -89,7 +89,8 @@ def zoo_local(tmp_path_factory: pytest.TempPathFactory):
 def test_plan_expands_cells_with_stable_keys(tmp_path):
     path = _write(tmp_path, ZOO_STUDY)
     p = plan(load_study(path))
-    assert len(p.cells) == 15 and p.counts() == {"done": 0, "failed": 0, "todo": 15}
+    assert len(p.cells) == 15
+    assert p.counts() == {"done": 0, "failed": 0, "damaged": 0, "todo": 15}
     assert [c.label for c in p.cells[:2]] == ["delta base-gqa->gqa-dpo-1 short seed=0",
                                               "delta base-gqa->gqa-dpo-1 short seed=1"]
     assert {c.models for c in p.cells if c.kind == "probe"} == {

@@ -23,7 +23,8 @@ from tl_spec.errors import TLSpecError
 from tl_spec.study.plan import Cell, plan
 from tl_spec.study.spec import Study
 
-__all__ = ["COLUMNS", "Collected", "StudySummary", "collect", "summaries", "tidy_table"]
+__all__ = ["COLUMNS", "Collected", "StudySummary", "collect", "csv_safe", "summaries",
+           "tidy_table"]
 
 COLUMNS = ("experiment", "kind", "model", "base", "tuned", "family", "role", "attention",
            "prompts", "seed", "key", "status", "error", "metric", "value", "ci_low", "ci_high",
@@ -103,6 +104,33 @@ def _attention(result: Any) -> str | None:
     return None
 
 
+# a spreadsheet reads a cell starting with one of these as a formula (CSV injection)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(frame: Any) -> Any:
+    """A copy of ``frame`` whose text cells cannot run as spreadsheet formulas.
+
+    A string cell beginning with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return (a
+    model label such as ``=HYPERLINK(...)``) gets a leading single quote, the OWASP advice
+    against CSV injection; numbers (negative ones included), missing values and every other
+    string are untouched. Only CSV output is neutralised: the table in Python, Parquet and JSON
+    keep the labels verbatim.
+
+    >>> import pandas as pd
+    >>> safe = csv_safe(pd.DataFrame({"model": ["=1+1", "-x", "gpt2"], "value": [-1.5, 2.0, 0]}))
+    >>> safe["model"].tolist(), safe["value"].tolist()
+    (["'=1+1", "'-x", 'gpt2'], [-1.5, 2.0, 0.0])
+    """
+    out = frame.copy()
+    for col in out.columns:
+        if out[col].dtype == object or str(out[col].dtype) in ("string", "str"):
+            out[col] = out[col].map(
+                lambda v: "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v,
+                na_action="ignore")
+    return out
+
+
 def _row(study: Study, cell: Cell) -> dict[str, Any]:
     twin = cell.kind == "delta"
     first = study.models[cell.models[0]]
@@ -116,17 +144,34 @@ def _row(study: Study, cell: Cell) -> dict[str, Any]:
 
 
 def tidy_table(study: Study) -> tuple[Any, list[Any]]:
-    """The table (pandas, one row per cell, :data:`COLUMNS`) and the loaded results."""
+    """The table (pandas, one row per cell, :data:`COLUMNS`) and the loaded results.
+
+    Each result file is verified first (its recorded key and content hash): a damaged one is a
+    ``missing`` row with the reason; a file that records another cell's key (renamed, or copied
+    over another cell's file) is refused with a :class:`TLSpecError` naming both keys, since
+    its numbers would be reported under the wrong cell.
+    """
     import pandas as pd
 
     from tl_spec.results import load_result
 
     p = plan(study)
+    swapped = {k: d for k, d in p.damaged.items() if d["state"] == "swapped"}
+    if swapped:
+        key, damage = next(iter(swapped.items()))
+        raise TLSpecError(
+            f"store {study.store}: {damage['reason']}; the file was renamed or copied over "
+            f"another cell's, so its numbers would be reported under the wrong cell "
+            f"({len(swapped)} such file(s)). Delete {key}.json (tl-spec study run recomputes "
+            "it) or put the file back under the name of the key it records.")
     rows, results = [], []
     for cell in p.cells:
         row = {k: None for k in COLUMNS} | _row(study, cell)
         path = Path(study.store) / f"{cell.key}.json"
-        if p.status[cell.key] == "done":
+        if p.status[cell.key] == "damaged":
+            row.update(status="missing", error=f"damaged result: {p.damaged[cell.key]['reason']}; "
+                                               "tl-spec study run recomputes it")
+        elif p.status[cell.key] == "done":
             try:
                 result = load_result(path)
             except TLSpecError as exc:
@@ -306,6 +351,12 @@ def collect(study: Study, *, out: str | os.PathLike[str] | None = None, report: 
     installed), ``summary_<name>.csv`` per summary and ``report.html`` into ``out`` (default
     ``<store>/collected``). ``report_cells``: at most that many per-cell result sections follow
     the summary in the report.
+
+    In the CSV files, text cells beginning with ``=``, ``+``, ``-``, ``@``, a tab or a carriage
+    return (hostile or unlucky model labels, error messages) get a leading ``'`` so a
+    spreadsheet shows them as text instead of running them as formulas (see :func:`csv_safe`);
+    numbers are untouched, and the returned table and the Parquet file keep the text verbatim.
+    A stored file that records another cell's key is refused (see :func:`tidy_table`).
     """
     from tl_spec.fileio import atomic_write_bytes, atomic_write_text
 
@@ -317,7 +368,8 @@ def collect(study: Study, *, out: str | os.PathLike[str] | None = None, report: 
     table, results = tidy_table(study)
     sums = summaries(table, results)
     files: dict[str, Path] = {}
-    files["csv"] = atomic_write_text(out_dir / "study_table.csv", table.to_csv(index=False))
+    files["csv"] = atomic_write_text(out_dir / "study_table.csv",
+                                      csv_safe(table).to_csv(index=False))
     try:
         import io
 
@@ -328,7 +380,8 @@ def collect(study: Study, *, out: str | os.PathLike[str] | None = None, report: 
         warnings.warn("no Parquet engine installed, so only CSV was written; pip install pyarrow "
                       "(or tl_spec[study]) for study_table.parquet", stacklevel=2)
     for name, frame in sums.items():
-        files[name] = atomic_write_text(out_dir / f"summary_{name}.csv", frame.to_csv(index=False))
+        files[name] = atomic_write_text(out_dir / f"summary_{name}.csv",
+                                        csv_safe(frame).to_csv(index=False))
     if report:
         from tl_spec.viz.report import write_report
 

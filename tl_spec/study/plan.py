@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tl_spec.study.keys import (
@@ -81,48 +81,60 @@ def expand(study: Study, *, cache: IdentityCache | None = None) -> list[Cell]:
 
 @dataclass
 class Plan:
-    """The cells of a study and what the store already holds for each."""
+    """The cells of a study and what the store already holds for each.
+
+    A cell's status: ``done`` (a sound result), ``failed`` (its last attempt failed),
+    ``damaged`` (its result file is truncated, edited, or holds another cell's result: the reason
+    is in ``damaged``; the next run recomputes it) or ``todo``.
+    """
 
     study: Study
     cells: list[Cell]
     status: dict[str, str]
     failures: dict[str, dict[str, Any]]
     orphans: int = 0
+    damaged: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def todo(self) -> list[Cell]:
-        """Cells without a stored result (never run, or failed)."""
+        """Cells without a sound stored result (never run, failed, or damaged)."""
         return [c for c in self.cells if self.status[c.key] != "done"]
 
     def counts(self) -> dict[str, int]:
-        """Cells per status (``done``, ``failed``, ``todo``)."""
-        out = {"done": 0, "failed": 0, "todo": 0}
+        """Cells per status (``done``, ``failed``, ``damaged``, ``todo``)."""
+        out = {"done": 0, "failed": 0, "damaged": 0, "todo": 0}
         for c in self.cells:
             out[self.status[c.key]] += 1
         return out
 
     def table(self) -> str:
-        """One line per cell: key prefix, status, label (and the error of a failed cell)."""
+        """One line per cell: key prefix, status, label (and the error of a failed or damaged
+        cell)."""
         n = self.counts()
+        damaged = (f", {n['damaged']} damaged (recomputed by the next run)" if n["damaged"]
+                   else "")
         lines = [(f"study {self.study.name}: {len(self.cells)} cells, {n['done']} done, "
-                  f"{n['failed']} failed, {n['todo']} to run  (store {self.study.store})")]
+                  f"{n['failed']} failed, {n['todo']} to run{damaged}  (store {self.study.store})")]
         if self.orphans:
             lines.append(f"({self.orphans} stored results belong to no cell of this study: "
                          "earlier options, models or versions; they are kept)")
-        lines.append(f"{'key':<12}  {'status':<6}  cell")
+        lines.append(f"{'key':<12}  {'status':<7}  cell")
         for c in self.cells:
             st = self.status[c.key]
-            line = f"{c.key[:12]}  {st:<6}  {c.label}"
+            line = f"{c.key[:12]}  {st:<7}  {c.label}"
             if st == "failed":
                 f = self.failures[c.key]
                 line += f"  [{f.get('attempts', '?')} attempts: {f.get('error', '')[:100]}]"
+            elif st == "damaged":
+                line += f"  [{self.damaged[c.key]['reason'][:160]}]"
             lines.append(line)
         return "\n".join(lines)
 
     def to_json(self) -> str:
         """Machine-readable plan."""
         rows = [{**c.to_dict(), "status": self.status[c.key],
-                 "error": self.failures.get(c.key, {}).get("error")} for c in self.cells]
+                 "error": (self.damaged[c.key]["reason"] if c.key in self.damaged
+                           else self.failures.get(c.key, {}).get("error"))} for c in self.cells]
         return json.dumps({"study": self.study.name, "store": str(self.study.store),
                            "counts": self.counts(), "cells": rows}, indent=1) + "\n"
 
@@ -130,17 +142,24 @@ class Plan:
 def plan(study: Study, *, cache: IdentityCache | None = None) -> Plan:
     """Expand ``study`` and look up each cell in its store (which is only read, never created).
 
+    Each stored result is verified (its recorded key and content hash, see
+    :meth:`Store.check <tl_spec.study.store.Store.check>`); a damaged or swapped one is
+    ``damaged``.
+
     >>> print(plan(load_study("zoo.toml")).table())   # doctest: +SKIP
     """
     store = Store(study.store)
     cells = expand(study, cache=cache or store.identity_cache())
-    status, failures = {}, {}
+    status, failures, damaged = {}, {}, {}
     for c in cells:
-        if store.has_result(c.key):
+        state, reason = store.check(c.key)
+        if state == "ok":
             status[c.key] = "done"
+        elif state in ("damaged", "swapped"):
+            status[c.key], damaged[c.key] = "damaged", {"state": state, "reason": reason}
         elif (f := store.failure(c.key)) is not None:
             status[c.key], failures[c.key] = "failed", f
         else:
             status[c.key] = "todo"
     orphans = len(store.keys() - set(status))
-    return Plan(study, cells, status, failures, orphans)
+    return Plan(study, cells, status, failures, orphans, damaged)

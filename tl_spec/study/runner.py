@@ -3,8 +3,11 @@
 Cells are grouped by the models they load and cut into tasks (whole groups when there are many
 groups, smaller pieces when there are few, so every worker stays busy). Each stored result is
 written atomically as soon as its cell finishes, so a run that is killed resumes where it
-stopped: the next run computes only the cells without a result. A failing cell is retried
-``retries`` times, recorded with its error in the store, and never stops the other cells.
+stopped: the next run computes only the cells without a sound result (a damaged one is
+recomputed). A failing cell is retried ``retries`` times, recorded with its error in the store,
+and never stops the other cells. Just before a task is submitted the run claims its cells in the
+store (see :mod:`tl_spec.study.store`); cells another live run has claimed, or stored meanwhile,
+are left to it, so concurrent runs on one store never compute a cell twice.
 
 >>> summary = run_study(load_study("zoo.toml"), executor="local", workers=2)   # doctest: +SKIP
 >>> summary.counts                                                             # doctest: +SKIP
@@ -16,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+import threading
 import time
 import uuid
 from collections import deque
@@ -33,7 +37,7 @@ from tl_spec.study.executors import (
 from tl_spec.study.keys import number_versions
 from tl_spec.study.plan import Cell, plan
 from tl_spec.study.spec import Study
-from tl_spec.study.store import Store
+from tl_spec.study.store import ACTIVE_RUNS, HEARTBEAT, Store
 
 __all__ = ["Progress", "RunSummary", "make_tasks", "order_groups", "print_progress", "run_study"]
 
@@ -86,12 +90,15 @@ class RunSummary:
     load_seconds: float
     started: float = 0.0
     per_worker: dict[str, dict[str, float]] = field(default_factory=dict)
+    elsewhere: dict[str, str] = field(default_factory=dict)
 
     @property
     def counts(self) -> dict[str, int]:
-        """Cells of the study: ``done`` (now stored), ``failed``, ``ran`` this run, ``skipped``."""
+        """Cells of the study: ``done`` (now stored), ``failed``, ``ran`` this run, ``skipped``
+        (stored before), ``elsewhere`` (left to another run that claimed or stored them)."""
         return {"done": self.already_done + len(self.done), "failed": len(self.failed),
-                "ran": len(self.executed), "skipped": self.already_done}
+                "ran": len(self.executed), "skipped": self.already_done,
+                "elsewhere": len(self.elsewhere)}
 
     @property
     def speedup_ratio(self) -> float | None:
@@ -112,6 +119,9 @@ class RunSummary:
                   f"({c['skipped']} already stored) with {self.executor} x {self.workers} in "
                   f"{self.wall_seconds:.1f} s (cells {self.cell_seconds:.1f} s, model loads "
                   f"{self.load_seconds:.1f} s); store {self.store}")]
+        if self.elsewhere:
+            lines.append(f"{len(self.elsewhere)} cells left to another run on this store "
+                         "(claimed or stored by it)")
         for key, error in self.failed.items():
             lines.append(f"  failed {key[:12]}: {error}")
         return "\n".join(lines)
@@ -197,6 +207,39 @@ class _Run:
         self.cell_seconds = self.load_seconds = 0.0
         self.per_worker: dict[str, dict[str, float]] = {}
         self.inflight: dict[Any, dict[str, Any]] = {}
+        self.held: set[str] = set()  # cells this run has claimed
+        self.elsewhere: dict[str, str] = {}
+
+    def take(self, task: dict[str, Any]) -> dict[str, Any] | None:
+        """``task`` with only the cells this run could claim and that are still to compute."""
+        mine = []
+        for cell in task["cells"]:
+            key = cell["key"]
+            if not self.store.claim(key, self.run_id):
+                info = self.store.holder(key) or {}
+                self.leave(key, f"claimed by run {info.get('run')} ({info.get('host')}:"
+                                f"{info.get('pid')})")
+                continue
+            self.held.add(key)
+            if self.store.has_result(key):  # stored by another run before we claimed it
+                self.release(key)
+                self.leave(key, "stored by another run")
+                continue
+            mine.append(cell)
+        if not mine:
+            return None
+        return {**task, "cells": mine}
+
+    def leave(self, key: str, why: str) -> None:
+        self.elsewhere[key] = why
+        self.store.log(self.run_id, {"event": "elsewhere", "key": key, "why": why})
+        self.progress.total -= 1
+        self.emit()
+
+    def release(self, key: str) -> None:
+        if key in self.held:
+            self.held.discard(key)
+            self.store.release(key, self.run_id)
 
     def emit(self, last: str = "") -> None:
         p = self.progress
@@ -237,12 +280,14 @@ class _Run:
             self.failed[key] = f"{outcome['error']} (after {outcome['attempts']} attempts)"
             self.progress.failed += 1
             self.emit(f"FAILED {label}: {outcome['error'][:200]}")
+        self.release(key)
 
     def crashed(self, cells: list[dict[str, Any]], why: str, crashes: int) -> None:
         error = (f"{why}; the worker process died running this task (out of memory? a crash in "
                  "native code?)")
         for cell in cells:
             if self.store.has_result(cell["key"]):
+                self.release(cell["key"])
                 continue
             record = {"key": cell["key"], "cell": cell, "attempts": crashes, "error": error,
                       "traceback": "", "run": self.run_id, "time": time.time()}
@@ -266,7 +311,11 @@ def run_study(
     cache_size: int = 2,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> RunSummary:
-    """Compute every cell of ``study`` that has no stored result; return what happened.
+    """Compute every cell of ``study`` that has no sound stored result; return what happened.
+
+    Damaged or swapped result files (see :func:`~tl_spec.study.plan.plan`) are recomputed and
+    replaced; cells that another live run on the same store has claimed are left to it
+    (``summary.elsewhere``).
 
     ``executor``: ``"local"`` (this process when ``workers == 1``, else a pool of spawned
     processes), ``"dask"`` (a ``LocalCluster`` of ``workers`` processes, or the scheduler at
@@ -298,8 +347,44 @@ def run_study(
     versions = number_versions()
     labels = {c.key: c.label for c in todo}
     run = _Run(store, run_id, len(todo), on_progress, ex.workers)
+    for key, damage in p.damaged.items():
+        store.log(run_id, {"event": "damaged", "key": key, **damage})
+    ACTIVE_RUNS.add(run_id)
+    beating = threading.Event()
+    heart = threading.Thread(target=_heartbeat, args=(run, beating), daemon=True)
+    heart.start()
+    try:
+        wall = _drive(study, run, ex, todo, chunk, versions, retry_delay, cache_size, labels)
+    finally:
+        beating.set()
+        for key in sorted(run.held):
+            run.release(key)
+        ACTIVE_RUNS.discard(run_id)
+    summary = RunSummary(
+        run_id=run_id, study=study.name, store=str(study.store), executor=executor,
+        workers=ex.workers, cells=len(p.cells), already_done=len(p.cells) - len(p.todo),
+        executed=run.executed, done=run.done, failed=run.failed,
+        wall_seconds=wall, teardown_seconds=time.perf_counter() - run.t0 - wall,
+        cell_seconds=run.cell_seconds,
+        load_seconds=run.load_seconds, started=run.started, per_worker=run.per_worker,
+        elsewhere=run.elsewhere)
+    store.write_run(run_id, summary.to_dict())
+    return summary
+
+
+def _heartbeat(run: _Run, stop: threading.Event) -> None:
+    """Touch the run's claims every HEARTBEAT seconds until ``stop`` is set."""
+    while not stop.wait(HEARTBEAT):
+        run.store.heartbeat(sorted(run.held))
+
+
+def _drive(study: Study, run: _Run, ex: Any, todo: list[Cell], chunk: int | None,
+           versions: dict[str, str], retry_delay: float, cache_size: int,
+           labels: dict[str, str]) -> float:
+    """Submit the tasks, record their outcomes; the wall time until the last result is stored."""
     crashes: dict[str, int] = {}
     isolate = 0  # after a pool crash, run the lost tasks one at a time to find the culprit
+    run_id = run.run_id
     with ex:
         run.workers = ex.workers
         tasks = make_tasks(todo, ex.workers, 1 if isinstance(ex, InProcessExecutor) else chunk)
@@ -308,8 +393,11 @@ def run_study(
         run.emit()
         while queue or run.inflight:
             while queue and len(run.inflight) < (1 if isolate else ex.window):
-                task = queue.popleft()
-                run.inflight[ex.submit(task)] = task
+                task = run.take(queue.popleft())
+                if task is not None:
+                    run.inflight[ex.submit(task)] = task
+            if not run.inflight:  # every cell left was claimed by another run
+                continue
             for fut in ex.wait(list(run.inflight), timeout=1.0):
                 task = run.inflight.pop(fut, None)
                 if task is None:
@@ -338,12 +426,4 @@ def run_study(
                 for outcome in outcomes:
                     run.record(outcome, labels.get(outcome["key"], outcome["key"][:12]))
         wall = time.perf_counter() - run.t0  # every result stored; the engine's teardown follows
-    summary = RunSummary(
-        run_id=run_id, study=study.name, store=str(study.store), executor=executor,
-        workers=ex.workers, cells=len(p.cells), already_done=len(p.cells) - len(p.todo),
-        executed=run.executed, done=run.done, failed=run.failed,
-        wall_seconds=wall, teardown_seconds=time.perf_counter() - run.t0 - wall,
-        cell_seconds=run.cell_seconds,
-        load_seconds=run.load_seconds, started=run.started, per_worker=run.per_worker)
-    store.write_run(run_id, summary.to_dict())
-    return summary
+    return wall
