@@ -260,6 +260,7 @@ def delta_si_figure(
     crowded = len(items) > 4
     ax.set_xticks(x, labels, rotation=30 if crowded else 0, ha="right" if crowded else "center")
     ax.grid(axis="x", visible=False)
+    ax.set_xlabel("model")
     ax.set_ylabel("ΔSI (%)")
     level = items[0].interval.level
     ax.set_title(title)
@@ -331,6 +332,7 @@ def perplexity_slope_figure(
                   ha="right" if len(vals) > 4 else "center")
     ax.set_xlim(-0.6, len(vals) - 0.4)
     ax.grid(axis="x", visible=False)
+    ax.set_xlabel("model")
     ax.set_ylabel(f"{ylabel}, log scale")
     ax.set_title(title)
     from matplotlib.lines import Line2D
@@ -425,6 +427,7 @@ def probe_response_figure(
     hi = max(max(float(v.max()) for v in vals.values()), threshold) + 8
     ax.set_xlim(lo, hi)
     ax.set_xlabel("response (%)")
+    ax.set_ylabel("model")
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize=7.5)
     return fig, FigureData("probe_response", "model", "response (%)", series,

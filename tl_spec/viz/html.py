@@ -183,7 +183,7 @@ def page(title: str, body: str, *, extra_css: str = "", bundle: bool = True) -> 
     >>> doc = page("t", "<p>hi</p>")
     >>> doc.count("var CircuitsVis="), doc.count("<script src=")
     (1, 0)
-    >>> page("t", "<p>grid only</p>", bundle=False).count("CircuitsVis")
+    >>> page("t", "<p>grid only</p>", bundle=False).count("var CircuitsVis=")
     0
     """
     script = ("<script>/* CircuitsVis (MIT), from the installed wheel */\n"
