@@ -313,3 +313,25 @@ def test_slope_figure_from_results_says_per_seed(full_report):
     fig, data = perplexity_slope_figure(results["sens"])
     assert data.notes["legend"] == ["per-seed slope", "mean"]
     assert len(data.series[next(iter(data.series))]["y"]) == 3
+
+
+def test_notebook_bundle_follows_cells_and_reruns(monkeypatch):
+    """Kernel side: one bundle per kernel; the cell that carried it sends it again when re-run
+    (its old output, and the bundle with it, is replaced); Colab (a frame per output) always."""
+    import sys
+    import types
+
+    parent = {"header": {"msg_id": "m1"}, "metadata": {"cellId": "cell-a"}}
+    shell = types.SimpleNamespace(get_parent=lambda: parent)
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: shell))
+
+    def sent(cell: str, msg: str) -> int:
+        parent.update(header={"msg_id": msg}, metadata={"cellId": cell})
+        return notebook_runtime(needs_bundle=True).count(BUNDLE_MARK)
+
+    reset_notebook_bundle()
+    assert [sent("cell-a", "m1"), sent("cell-a", "m1"), sent("cell-b", "m2"),
+            sent("cell-a", "m3"), sent("cell-b", "m4"), sent("cell-a", "m3")] == [1, 0, 0, 1, 0, 0]
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    assert [sent("cell-c", "m5"), sent("cell-c", "m5")] == [1, 1]
+    reset_notebook_bundle()
