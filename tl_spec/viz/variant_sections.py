@@ -21,6 +21,7 @@ from tl_spec.viz.sections import (
     _label,
     _num,
     _provenance,
+    _sig,
     _stats,
     cite,
     register_section,
@@ -36,7 +37,7 @@ def _render_deconstruct(result: Any, ctx: ReportContext) -> Section:
                  if math.isfinite(v)] or [1.0]) or 1.0
     worst = max(rows, key=lambda r: r["delta_loss"]) if rows else None
     stats = [("clean loss", _num(result.clean_loss, ".4f"),
-              f"nats/token; perplexity {result.clean_ppl:.2f}"),
+              f"nats/token; perplexity {_sig(result.clean_ppl)}"),
              ("texts", str(result.settings.get("n_texts", "")), "paired bootstrap over texts"),
              ("largest cost", _num(worst["delta_loss"], "+.3f") if worst else "–",
               f"nats/token: {worst['variant']} · {worst['placement']}" if worst else "")]
