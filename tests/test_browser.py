@@ -28,6 +28,7 @@ from test_viz import (  # noqa: F401 (session fixtures shared with test_viz)
     viz_twins,
 )
 from tl_spec.viz import head_grid
+from tl_spec.viz.html import reset_notebook_bundle
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -167,6 +168,7 @@ def test_tricky_tokens_and_nan_render(browser, tmp_path):
 def test_notebook_output_renders_offline(browser, viz_si, tmp_path):
     """The grid's _repr_html_ inserted the way JupyterLab does (innerHTML, scripts re-created)."""
     model, si = viz_si
+    reset_notebook_bundle()  # as in a fresh kernel: this first grid output carries the bundle
     fragment = json.dumps(head_grid(si, model=model)._repr_html_()).replace("<", "\\u003c")
     host = ("<!DOCTYPE html><meta charset=utf-8><title>notebook</title>"
             '<div class="jp-OutputArea-output" id="out"></div>'

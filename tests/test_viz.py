@@ -34,7 +34,7 @@ from tl_spec.viz import (
     stability_figure,
     write_report,
 )
-from tl_spec.viz.html import circuitsvis_bundle, page, script_json
+from tl_spec.viz.html import circuitsvis_bundle, page, reset_notebook_bundle, script_json
 from tl_spec.viz.report import add_report_parser, run_report
 from tl_spec.viz.sections import SECTION_RENDERERS, Section, register_section
 
@@ -150,7 +150,7 @@ def test_grid_cells_labels_values_and_missing():
     html = grid.html()
     cells = re.findall(r'<button type="button" class="tlspec-cell[^"]*"[^>]*>', html)
     assert len(cells) == 6
-    assert 'aria-label="L0H1 = -0.5"' in html and 'title="L1H2 = 1.0"' in html
+    assert 'aria-label="L0H1 = -0.5"' in html and 'title="L1H2 = 1"' in html  # 4 significant digits
     assert 'aria-label="L1H0 = missing"' in html and "tlspec-missing" in html
     assert "toy &lt;/script&gt;" in html and "toy </script>" not in html
     assert grid.scale.diverging and grid.scale.vmin == -1.0 and grid.scale.vmax == 1.0
@@ -167,8 +167,10 @@ def test_grid_html_is_deterministic_and_inline_ready(viz_si):
     assert a == b
     assert not re.search(r"[0-9a-f]{8}-[0-9a-f]{4}-", a)  # no uuids
     grid = head_grid(si, model=model)
+    reset_notebook_bundle()  # the kernel's first grid output carries the bundle, later ones not
     inline = grid._repr_html_()
     assert inline.count("var CircuitsVis=") == 1 and inline.count('class="tlspec-patterns"') == 1
+    assert grid._repr_html_().count("var CircuitsVis=") == 0
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -442,4 +444,6 @@ def test_report_sections_for_noise_results(tmp_path):
     assert "No report renderer" not in html
     assert probe.verdict in html and f"{probe.response_pct:+.2f} %" in html
     assert "Probe sweep" in html and "sigma 0.2" in html
-    assert html.count("<polyline") >= 2 + 3  # sensitivity curves (2 seeds) + sweep regions (4)
+    # matplotlib charts: sensitivity curves (2 seeds) and sweep regions (4)
+    assert 'data-ylabel="perplexity (PPL)" data-series="2"' in html
+    assert 'data-ylabel="SI (mean of seeds)" data-series="4"' in html

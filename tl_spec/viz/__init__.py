@@ -2,7 +2,8 @@
 
 Every view is generic over "a score per head" (a ``[layers, heads]`` array, an ``SIResult``, a
 ``DeltaResult`` or any result with a per-head heat map) and every page works with no network
-(CircuitsVis comes from the installed wheel). Paper figures take the result objects they draw
+(CircuitsVis comes from the installed wheel: once per page, once per notebook kernel with the first
+grid that draws patterns, never for a grid without them; see :mod:`tl_spec.viz.html`). Paper figures take the result objects they draw
 (one, a list, or ``{label: result}``) or plain numbers; matplotlib is imported only when a
 figure is drawn.
 
@@ -27,6 +28,7 @@ from tl_spec.viz.figures import (
     stability_figure,
 )
 from tl_spec.viz.grid import HeadGrid, head_grid
+from tl_spec.viz.html import reset_notebook_bundle
 from tl_spec.viz.patterns import PatternSet, capture_patterns
 from tl_spec.viz.report import render_report, write_report
 from tl_spec.viz import noise_sections  # noqa: F401  (registers the noise result sections)
@@ -46,6 +48,7 @@ __all__ = [
     "probe_response_figure",
     "register_section",
     "render_report",
+    "reset_notebook_bundle",
     "save",
     "si_by_layer_figure",
     "stability_figure",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 __all__ = ["CSS", "GRID_JS", "RUNTIME_VERSION"]
 
-RUNTIME_VERSION = "1"
+RUNTIME_VERSION = "2"
 
 CSS = r"""
 .tlspec{--ink:#1f2328;--muted:#59636e;--line:#d1d9e0;--soft:#f6f8fa;--accent:#0969da;
@@ -93,6 +93,8 @@ GRID_JS = r"""
   // AttentionHeads draws one Chart.js canvas per head: ~90 ms each plus ~25 us per cell
   // (Chromium, 2 cores). Layers cheaper than this open by themselves; others on request.
   var AUTO_LAYER_MS = 1500;
+  // A grid whose page has no CircuitsVis yet waits this many 100 ms steps for it.
+  var WAIT_TRIES = 300;
 
   function parse(el) { return JSON.parse(el.textContent); }
   function el(tag, cls, text) {
@@ -169,7 +171,7 @@ GRID_JS = r"""
     var select = q(".tlspec-drill select"), seg = q(".tlspec-seg");
     var state = {l: data.initial[0], h: data.initial[1], prompt: 0,
                  layerMode: data.twins ? "diff" : "base"};
-    var hoverDefault = hover ? hover.innerHTML : "", job = 0, drawn = "", layerPref = null;
+    var hoverDefault = hover ? hover.innerHTML : "", job = 0, drawn = "", layerPref = null, waited = 0;
 
     cells.forEach(function (cell) {
       cell.addEventListener("click", function () { state.l = +cell.dataset.l; state.h = +cell.dataset.h; show(); });
@@ -260,11 +262,20 @@ GRID_JS = r"""
       var cell = q('.tlspec-cell[data-l="' + l + '"][data-h="' + h + '"]');
       value.textContent = cell ? cell.dataset.text : "";
       if (!data.prompts.length || !views) { drill.setAttribute("data-state", "no-patterns"); return; }
-      if (!window.CircuitsVis || !window.DecompressionStream) {
+      if (!window.DecompressionStream) {
         views.replaceChildren(el("p", "tlspec-note tlspec-error",
-          "This browser cannot draw the patterns (CircuitsVis or DecompressionStream is missing)."));
+          "This browser cannot draw the patterns (it has no DecompressionStream)."));
         drill.setAttribute("data-state", "error"); return;
       }
+      if (!window.CircuitsVis) {  // a later notebook output: the bundle comes with the first one
+        drill.setAttribute("data-state", "waiting");
+        if (++waited <= WAIT_TRIES) { setTimeout(function () { if (mine === job) show(); }, 100); return; }
+        views.replaceChildren(el("p", "tlspec-note tlspec-error", "CircuitsVis did not load. " +
+          "In a notebook it comes with the first head grid shown in the kernel; if that output " +
+          "was cleared, run tl_spec.viz.reset_notebook_bundle() and re-run this cell."));
+        drill.setAttribute("data-state", "error"); return;
+      }
+      waited = 0;
       drill.setAttribute("data-state", "rendering");
       var c = current(), base = c.base, tuned = c.tuned;
       tokens(base);

@@ -5,10 +5,11 @@ Every figure takes the result objects it draws: one result, a list of them, or a
 ``{label: result}`` mapping (labels default to the model names), and the plain numbers it always
 took (``{label: value(s)}``); :func:`drawable` is the one place that normalisation happens.
 
-- :func:`delta_si_figure`: ΔSI by model with intervals (paper Fig. 1), from ``DeltaResult`` s;
-- :func:`perplexity_slope_figure`: slopes on a log scale (Fig. 2), from ``SensitivityResult`` s
-  (the per-seed PPL slopes) or ``name -> value(s)``;
-- :func:`probe_response_figure`: response % with the ±5 % null band and the +20 % line (Fig. 4),
+- :func:`delta_si_figure`: ΔSI by model with intervals (Fig. 1 of D'Elia, "Alignment Robustness
+  Depends More on Training than Architecture", 2026), from ``DeltaResult`` s;
+- :func:`perplexity_slope_figure`: slopes on a log scale (its Fig. 2), from ``SensitivityResult`` s
+  (the per-seed PPL slopes, in PPL per unit σ) or ``name -> value(s)``;
+- :func:`probe_response_figure`: response % with the ±5 % null band and the +20 % line (its Fig. 4),
   from ``ProbeResult`` s (per-seed responses), ``SweepResult`` s (change per region and sigma) or
   ``name -> value(s)``;
 - :func:`si_by_layer_figure`: SI per layer of ``SIResult`` s (a ``DeltaResult`` gives its base and
@@ -259,20 +260,27 @@ def delta_si_figure(
     crowded = len(items) > 4
     ax.set_xticks(x, labels, rotation=30 if crowded else 0, ha="right" if crowded else "center")
     ax.grid(axis="x", visible=False)
+    ax.set_xlabel("model")
     ax.set_ylabel("ΔSI (%)")
     level = items[0].interval.level
     ax.set_title(title)
     from matplotlib.patches import Patch
 
-    ax.legend(handles=[Patch(facecolor=MUTED, edgecolor=MUTED, label=f"{level:.0%} CI excludes 0"),
-                       Patch(facecolor="white", edgecolor=MUTED, label="CI includes 0")],
-              fontsize=7.5, loc="best")
+    # One legend entry per kind of bar actually drawn, with that bar's own colour and fill.
+    kinds = dict.fromkeys((e < 0, lo > 0 or hi < 0) for e, lo, hi in zip(est, low, high))
+    handles = [Patch(facecolor=(NEG if neg else POS) if sig else "white",
+                     edgecolor=NEG if neg else POS, linewidth=1.2,
+                     label=f"{'decrease' if neg else 'increase'}, {level:.0%} CI "
+                           f"{'excludes' if sig else 'includes'} 0")
+               for neg, sig in sorted(kinds, key=lambda k: (k[0], not k[1]))]
+    ax.legend(handles=handles, fontsize=7.5, loc="best")
     lim = max(abs(v) for v in (*low, *high, 1.0))
     ax.set_ylim(-1.25 * lim if min(low) < 0 else -0.1 * lim,
                 1.25 * lim if max(high) > 0 else 0.1 * lim)
     series = {n: {"x": [n], "y": [e], "low": [lo], "high": [hi], "pvalue": [float(d.pvalue)]}
               for n, e, lo, hi, d in zip(labels, est, low, high, items)}
-    return fig, FigureData("delta_si", "model", "ΔSI (%)", series, notes={"level": level})
+    return fig, FigureData("delta_si", "model", "ΔSI (%)", series,
+                           notes={"level": level, "legend": [h.get_label() for h in handles]})
 
 
 def _slopes(label: str, result: Any) -> dict[str, Any]:
@@ -288,7 +296,7 @@ def perplexity_slope_figure(
     slopes: SensitivityResult | Sequence[SensitivityResult] | Mapping[str, Any],
     *,
     names: Sequence[str] | None = None,
-    ylabel: str = "perplexity slope",
+    ylabel: str = "PPL slope (PPL per unit σ)",
     title: str = "Perplexity slope by model",
 ) -> tuple[Any, FigureData]:
     """Slopes on a log scale: each value (e.g. per seed) as a point, the mean as a bar mark.
@@ -307,14 +315,15 @@ def perplexity_slope_figure(
     if bad:
         raise TLSpecError(f"a log scale needs positive slopes; non-positive: {bad}")
     fig, ax = _figure(max(3.2, 0.9 * len(vals) + 1.6), 3.4)
+    from_results = any(isinstance(item, Result) for item in given.values())
+    marks = "per-seed slope" if from_results else "value"
     series = {}
     for i, (name, v) in enumerate(vals.items()):
         color = OKABE_ITO[i % len(OKABE_ITO)]
         jitter = np.linspace(-0.12, 0.12, len(v)) if len(v) > 1 else np.zeros(1)
         ax.scatter(i + jitter, v, s=22, color=color, edgecolor="white", linewidth=0.6, zorder=3)
         mean = float(v.mean())
-        ax.hlines(mean, i - 0.28, i + 0.28, color=INK, linewidth=1.6, zorder=4,
-                  label="mean" if i == 0 else None)
+        ax.hlines(mean, i - 0.28, i + 0.28, color=INK, linewidth=1.6, zorder=4)
         ax.annotate(f"{mean:,.0f}" if mean >= 100 else f"{mean:.3g}", (i + 0.3, mean),
                     va="center", fontsize=8, color=INK)
         series[name] = {"x": [name] * len(v), "y": v.tolist(), "mean": [mean]}
@@ -323,10 +332,19 @@ def perplexity_slope_figure(
                   ha="right" if len(vals) > 4 else "center")
     ax.set_xlim(-0.6, len(vals) - 0.4)
     ax.grid(axis="x", visible=False)
-    ax.set_ylabel(f"{ylabel} (log scale)")
+    ax.set_xlabel("model")
+    ax.set_ylabel(f"{ylabel}, log scale")
     ax.set_title(title)
-    ax.legend(fontsize=7.5, loc="best")
-    return fig, FigureData("perplexity_slope", "model", ylabel, series, notes={"yscale": "log"})
+    from matplotlib.lines import Line2D
+
+    # The marks' entry in a neutral colour: each model's marks have that model's colour.
+    handles = [Line2D([], [], linestyle="", marker="o", markersize=4.5, color=MUTED,
+                      markeredgecolor="white", label=marks),
+               Line2D([], [], color=INK, linewidth=1.6, label="mean")]
+    legend = [h.get_label() for h in handles]
+    ax.legend(handles=handles, fontsize=7.5, loc="best")
+    return fig, FigureData("perplexity_slope", "model", ylabel, series,
+                           notes={"yscale": "log", "legend": legend})
 
 
 def _responses(label: str, result: Any) -> dict[str, Any]:
@@ -339,7 +357,7 @@ def _responses(label: str, result: Any) -> dict[str, Any]:
 
 
 def _result_bands(items: Mapping[str, Any]) -> tuple[float, float]:
-    """The verdict bands recorded in the first probe result, else the paper's ±5 % and +20 %."""
+    """The verdict bands recorded in the first probe result, else D'Elia (2026)'s ±5 % and +20 %."""
     for item in items.values():
         if isinstance(item, ProbeResult):
             return (float(item.bands.get("stable_within", 5.0)),
@@ -362,7 +380,7 @@ def probe_response_figure(
     whose mean is the result's ``response_pct``), ``SweepResult`` s (one bar per region and
     nonzero sigma: the per-seed SI change), or plain ``{label: value(s)}``. ``band`` and
     ``threshold`` default to the bands recorded in the first probe result (else 5 and 20).
-    Verdicts are the paper's Table 2 reading (:func:`tl_spec.experiments.probe.verdict`).
+    Verdicts are the Table 2 reading of D'Elia (2026) (:func:`tl_spec.experiments.probe.verdict`).
 
     Args:
         responses: the results or values to draw.
@@ -409,6 +427,7 @@ def probe_response_figure(
     hi = max(max(float(v.max()) for v in vals.values()), threshold) + 8
     ax.set_xlim(lo, hi)
     ax.set_xlabel("response (%)")
+    ax.set_ylabel("model")
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize=7.5)
     return fig, FigureData("probe_response", "model", "response (%)", series,

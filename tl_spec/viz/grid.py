@@ -33,10 +33,10 @@ from tl_spec.models import load_model, model_id
 from tl_spec.options.si import SIOptions
 from tl_spec.prompts import STANDARD_10
 from tl_spec.records import Result
-from tl_spec.viz.html import data_script, esc, page, runtime_tags
+from tl_spec.viz.html import data_script, esc, notebook_runtime, page, runtime_tags
 from tl_spec.viz.patterns import MAX_TOKENS, PatternSet, capture_patterns, check_decimals
 
-__all__ = ["HeadGrid", "Scores", "format_value", "head_grid", "resolve_scores"]
+__all__ = ["HeadGrid", "Scores", "exact_value", "format_value", "head_grid", "resolve_scores"]
 
 # A score per head: a [layers, heads] array, an SIResult (per_head), a DeltaResult
 # (per_head_delta), or any result with a per-head heat map (Result.heat()).
@@ -57,6 +57,15 @@ def format_value(value: float) -> str:
         return "–"
     a = abs(value)
     return f"{value:.0f}" if a >= 100 else f"{value:.1f}" if a >= 10 else f"{value:.2f}"
+
+
+def exact_value(value: float) -> str:
+    """A cell's value for its hover text and the drill-down header: 4 significant digits.
+
+    >>> exact_value(0.7041309750771352), exact_value(-0.5), exact_value(1234567.0), exact_value(float("nan"))
+    ('0.7041', '-0.5', '1.235e+06', 'missing')
+    """
+    return f"{value:.4g}" if math.isfinite(value) else "missing"
 
 
 def resolve_scores(scores: Scores) -> tuple[Float[np.ndarray, "n_layers n_heads"], dict[str, Any]]:
@@ -169,7 +178,7 @@ class HeadGrid:
                 v = float(self.scores[layer, head])
                 name = f"L{layer}H{head}"
                 color = self.scale.color(v)
-                exact = "missing" if color is None else repr(v)
+                exact = "missing" if color is None else exact_value(v)
                 text = format_value(v) if small else ""
                 style = "" if color is None else f' style="background:{color};color:{text_color(color)}"'
                 cls = "tlspec-cell" + (" tlspec-missing" if color is None else "")
@@ -220,7 +229,8 @@ class HeadGrid:
                 '</span>)</summary><ol class="tlspec-toklist"></ol></details></div>')
 
     def html(self, *, include_runtime: bool = True, include_patterns: bool = True) -> str:
-        """The grid as an HTML fragment (with the offline runtime unless a page provides it)."""
+        """The grid as an HTML fragment (with the offline runtime unless a page provides it; the
+        CircuitsVis bundle only when there are patterns to draw)."""
         data = {"initial": list(self.initial), "twins": self.twins, "colors": PATTERN_COLORS,
                 "prompts": [{k: ps.key for k, ps in e.items()} for e in self.prompts],
                 "model_label": self.prompts[0]["base"].label if self.prompts else ""}
@@ -238,15 +248,19 @@ class HeadGrid:
                       for ps in _unique(self.pattern_sets)]
         parts.append("</div>")
         body = "".join(parts)
-        return runtime_tags() + "\n" + body if include_runtime else body
+        return runtime_tags(bundle=bool(self.prompts)) + "\n" + body if include_runtime else body
 
     def _repr_html_(self) -> str:
-        return self.html()
+        """The notebook output: the CircuitsVis bundle only in the kernel's first grid output that
+        draws patterns; later outputs wait for it (:func:`tl_spec.viz.html.notebook_runtime`)."""
+        runtime = notebook_runtime(needs_bundle=bool(self.prompts))
+        return runtime + "\n" + self.html(include_runtime=False)
 
     def to_page(self) -> str:
         """A complete offline HTML document holding this grid."""
         return page(self.title, f'<main style="padding:24px;max-width:1400px;margin:auto">'
-                                f'{self.html(include_runtime=False)}</main>')
+                                f'{self.html(include_runtime=False)}</main>',
+                    bundle=bool(self.prompts))
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`to_page` to ``path`` atomically; returns the path."""

@@ -1,10 +1,24 @@
 """Safe HTML building blocks: escaped text, JSON for ``<script>`` tags, the offline CircuitsVis bundle.
 
 Every page tl_spec writes works with no network: the CircuitsVis bundle comes from the installed
-wheel (``circuitsvis/dist/cdn/iife.js``) and is inlined once per page as a classic script (so
-``window.CircuitsVis`` exists), and the page's Content-Security-Policy forbids any request, so a
-stray URL cannot load anything either. Data goes into ``<script type="application/json">`` with
-``<``, ``>`` and ``&`` escaped, and never contains NaN or Infinity.
+wheel (``circuitsvis/dist/cdn/iife.js``, ~1.3 MB) and is inlined as a classic script that defines
+``window.CircuitsVis`` only if it is not defined yet (a second copy would register its custom
+kernels again and log hundreds of "already registered" warnings). The page's
+Content-Security-Policy forbids any request, so a stray URL cannot load anything either. Data goes
+into ``<script type="application/json">`` with ``<``, ``>`` and ``&`` escaped, and never contains
+NaN or Infinity.
+
+How often the bundle is sent:
+
+- a page (:func:`page`: reports, saved grids) carries it once, and not at all when nothing on it
+  draws attention patterns;
+- in a notebook, the first head grid with patterns shown in a kernel carries it
+  (:func:`notebook_runtime`); later grids carry only the small grid script, which waits for
+  ``window.CircuitsVis``. A saved notebook re-opened later renders its outputs in order, so the
+  first grid output loads the bundle before the others need it. Re-running the cell that carried
+  it sends it again (its old output is replaced); after clearing that output, call
+  :func:`reset_notebook_bundle` and re-run a grid cell. In Google Colab every output is its own
+  frame, so each grid there carries the bundle.
 
 >>> script_json({"token": "</script>", "x": float("nan")})
 '{"token":"\\\\u003c/script\\\\u003e","x":null}'
@@ -18,6 +32,7 @@ import hashlib
 import html
 import json
 import re
+import sys
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -33,7 +48,9 @@ __all__ = [
     "content_key",
     "data_script",
     "esc",
+    "notebook_runtime",
     "page",
+    "reset_notebook_bundle",
     "runtime_tags",
     "script_json",
 ]
@@ -87,7 +104,8 @@ def bundle_path() -> Path:
 
 @cache
 def circuitsvis_bundle() -> str:
-    """The CircuitsVis browser bundle, ready to inline: ``</script`` escaped, no source-map URL."""
+    """The CircuitsVis browser bundle, ready to inline: ``</script`` escaped, no source-map URL,
+    run only where ``window.CircuitsVis`` is not defined yet (see the module notes)."""
     path = bundle_path()
     if not path.is_file():
         raise TLSpecError(
@@ -100,7 +118,10 @@ def circuitsvis_bundle() -> str:
     if "<!--" in js:
         raise TLSpecError(f"{path} contains '<!--', which cannot be inlined in a page safely; "
                           "use a circuitsvis release known to work (1.43.x)")
-    return js
+    # The wheel's IIFE declares `var CircuitsVis`; inside a function that is local, and the
+    # guard skips a second copy (a re-run notebook cell) before it registers anything again.
+    return ("if (!window.CircuitsVis) (function () {\n" + js
+            + "\nwindow.CircuitsVis = CircuitsVis;\n})();")
 
 
 def runtime_tags(*, bundle: bool = True) -> str:
@@ -112,20 +133,67 @@ def runtime_tags(*, bundle: bool = True) -> str:
     return "\n".join(parts)
 
 
-def page(title: str, body: str, *, extra_css: str = "") -> str:
-    """A complete, offline HTML document: CSP, stylesheet, bundle once, then ``body``.
+# Which output of this kernel carried the bundle: (cell id, execute-request id), or None.
+_CARRIER: list[tuple[str | None, str | None]] = []
+
+
+def _execution() -> tuple[str | None, str | None]:
+    """(cell id, message id) of the notebook request being executed, where the kernel says."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is None:
+        return None, None
+    getter = getattr(shell, "get_parent", None)
+    parent = getter() if callable(getter) else getattr(shell, "parent_header", None)
+    if not isinstance(parent, dict):
+        return None, None
+    cell = (parent.get("metadata") or {}).get("cellId")
+    return (str(cell) if cell else None), (parent.get("header") or {}).get("msg_id")
+
+
+def notebook_runtime(*, needs_bundle: bool) -> str:
+    """Runtime tags for one notebook output: the CircuitsVis bundle only in the first output of
+    the kernel that needs it (again when that cell is re-run, and always in Google Colab).
+
+    >>> reset_notebook_bundle()
+    >>> [notebook_runtime(needs_bundle=True).count("var CircuitsVis=") for _ in range(2)]
+    [1, 0]
+    >>> notebook_runtime(needs_bundle=False).count("var CircuitsVis=")
+    0
+    """
+    if not needs_bundle:
+        return runtime_tags(bundle=False)
+    cell, msg = _execution()
+    rerun = bool(_CARRIER) and cell is not None and _CARRIER[0][0] == cell and _CARRIER[0][1] != msg
+    send = not _CARRIER or rerun or "google.colab" in sys.modules
+    if send:
+        _CARRIER[:] = [(cell, msg)]
+    return runtime_tags(bundle=send)
+
+
+def reset_notebook_bundle() -> None:
+    """Send the CircuitsVis bundle again with the next grid shown in this kernel (after the
+    output that carried it was cleared)."""
+    _CARRIER.clear()
+
+
+def page(title: str, body: str, *, extra_css: str = "", bundle: bool = True) -> str:
+    """A complete, offline HTML document: CSP, stylesheet, bundle once (if ``bundle``), ``body``.
 
     >>> doc = page("t", "<p>hi</p>")
     >>> doc.count("var CircuitsVis="), doc.count("<script src=")
     (1, 0)
+    >>> page("t", "<p>grid only</p>", bundle=False).count("var CircuitsVis=")
+    0
     """
+    script = ("<script>/* CircuitsVis (MIT), from the installed wheel */\n"
+              f"{circuitsvis_bundle()}</script>\n") if bundle else ""
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         f'<meta http-equiv="Content-Security-Policy" content="{esc(CSP)}">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         '<meta name="generator" content="tl_spec">\n'
         f"<title>{esc(title)}</title>\n<style>{CSS}{extra_css}</style>\n"
-        f"<script>/* CircuitsVis (MIT), from the installed wheel */\n{circuitsvis_bundle()}</script>\n"
-        "</head>\n<body class=\"tlspec\">\n"
+        f"{script}</head>\n<body class=\"tlspec\">\n"
         f"{body}\n<script>{GRID_JS}</script>\n</body>\n</html>\n"
     )

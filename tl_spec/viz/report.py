@@ -28,7 +28,7 @@ from tl_spec.records import versions
 from tl_spec.results import load_result
 from tl_spec.viz.html import data_script, esc, page
 from tl_spec.viz.patterns import check_decimals
-from tl_spec.viz.sections import ReportContext, Section, render_section
+from tl_spec.viz.sections import ReportContext, Section, references_html, render_section
 
 __all__ = ["REPORT_CSS", "REPORT_FILE", "add_report_parser", "render_report", "run_report",
            "write_report"]
@@ -37,7 +37,7 @@ REPORT_FILE = "report.html"
 
 REPORT_CSS = r"""
 body.tlspec{margin:0;background:#f6f8fa}
-.r-wrap{max-width:1400px;margin:0 auto;padding:28px 28px 64px}
+.r-wrap{max-width:1400px;margin:0 auto;padding:28px 28px 20px}
 .r-head h1{font-size:24px;font-weight:650;letter-spacing:-.01em;margin:0 0 4px}
 .r-meta{color:var(--muted);font-size:13px;margin:0}
 .r-toc{display:flex;flex-wrap:wrap;gap:6px 8px;margin:14px 0 0;padding:0;list-style:none}
@@ -75,8 +75,15 @@ body.tlspec{margin:0;background:#f6f8fa}
 .r-kv th{font:400 12px var(--mono);color:var(--muted);text-align:left;padding:2px 16px 2px 0;
  vertical-align:top;white-space:nowrap}
 .r-kv td{font-family:var(--mono);padding:2px 0;word-break:break-all}
-.r-foot{color:var(--muted);font-size:12px;margin-top:26px}
+.r-foot{color:var(--muted);font-size:12px;margin:26px 0 0}
 .r-section .tlspec-grid{background:#fff}
+.r-chart{margin:8px 0 12px;max-width:100%}
+.r-chart svg{display:block;max-width:100%;height:auto}
+.r-chart svg *{stroke-linejoin:round;stroke-linecap:butt}
+.r-cite{color:inherit;text-decoration:underline dotted}
+.r-refs{margin:18px 0 0;font-size:12.5px;color:var(--muted)}
+.r-refs h2{font-size:14px;font-weight:600;margin:0 0 4px;color:var(--ink)}
+.r-refs ol{margin:0;padding-left:20px}
 """
 
 
@@ -134,19 +141,21 @@ def _render(results: Sequence[Any], loaded: list[Any], ctx: ReportContext, title
     toc = "".join(f'<li><a href="#s{i}">{esc(s.title)}</a></li>' for i, s in enumerate(sections, 1))
     drill = (f"drill-down prompt “{esc(ctx.the_prompt())}”" if sets
              else "no attention patterns (grid only)")
+    content = "".join(_section_html(i, s) for i, s in enumerate(sections, 1))
+    tool = (f" with CircuitsVis {esc(circuitsvis.__version__)} (inlined from the installed wheel)"
+            if sets else "")
     body = (
         '<div class="r-wrap"><header class="r-head">'
         f"<h1>{esc(heading)}</h1>"
         f'<p class="r-meta">{len(sections)} result{"s" * (len(sections) != 1)}: '
         f'{esc(", ".join(names))} · {drill}</p>'
         f'<ul class="r-toc">{toc}</ul></header>'
-        + "".join(_section_html(i, s) for i, s in enumerate(sections, 1))
+        + content + references_html(content)
         + "".join(data_script(ps.to_json(), "tlspec-patterns", key=k) for k, ps in sets.items())
-        + f'<p class="r-foot">Written by tl_spec {esc(versions()["tl_spec"])} with CircuitsVis '
-        f"{esc(circuitsvis.__version__)} (inlined from the installed wheel); works offline. "
-        f"Attention values are rounded to {10 ** -ctx.decimals:g}.</p></div>"
+        + f'<p class="r-foot">Written by tl_spec {esc(versions()["tl_spec"])}{tool}; works '
+        f"offline. Attention values are rounded to {10 ** -ctx.decimals:g}.</p></div>"
     )
-    return page(heading, body, extra_css=REPORT_CSS)
+    return page(heading, body, extra_css=REPORT_CSS, bundle=bool(sets))
 
 
 def write_report(

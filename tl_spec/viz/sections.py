@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +32,41 @@ from tl_spec.viz.grid import HeadGrid, head_grid
 from tl_spec.viz.html import esc
 from tl_spec.viz.patterns import PatternSet, capture_patterns
 
-__all__ = ["SECTION_RENDERERS", "ReportContext", "Section", "register_section", "render_section"]
+__all__ = ["PAPERS", "SECTION_RENDERERS", "ReportContext", "Section", "cite", "references_html",
+           "register_section", "render_section"]
+
+#: The papers whose tables, appendices and claims the report refers to: key -> (in-text, full).
+PAPERS: dict[str, tuple[str, str]] = {
+    "delia2026": ("D'Elia (2026)", "D'Elia (2026). “Alignment Robustness Depends More on Training "
+                                   "than Architecture.”"),
+    "xue2025": ("Xue, Moosavi & Aletras (2025)",
+                "Huiyin Xue, Nafise Sadat Moosavi and Nikolaos Aletras (2025). “Deconstructing "
+                "Attention: Investigating Design Principles for Effective Language Modeling.” "
+                "arXiv:2510.11602."),
+    "bali2026": ("Bali et al. (2026)",
+                 "Karan Bali, Jack Stanley, Praneet Suresh and Danilo Bzdok (2026). “Quantifying "
+                 "LLM Attention-Head Stability: Implications for Circuit Universality.” "
+                 "arXiv:2602.16740."),
+}
+
+
+def cite(key: str, where: str = "") -> str:
+    """An in-text citation linking to the report's reference list, e.g. "Table 2 of D'Elia (2026)".
+
+    >>> cite("delia2026", "Appendix B")
+    '<a class="r-cite" href="#ref-delia2026">Appendix B of D&#x27;Elia (2026)</a>'
+    """
+    short = PAPERS[key][0]
+    return f'<a class="r-cite" href="#ref-{key}">{esc(f"{where} of {short}" if where else short)}</a>'
+
+
+def references_html(html: str) -> str:
+    """The reference list of the papers :func:`cite` d in ``html`` (empty if none), in order."""
+    keys = list(dict.fromkeys(re.findall(r'href="#ref-([\w-]+)"', html)))
+    if not keys:
+        return ""
+    items = "".join(f'<li id="ref-{k}">{esc(PAPERS[k][1])}</li>' for k in keys if k in PAPERS)
+    return f'<section class="r-refs"><h2>References</h2><ol>{items}</ol></section>'
 
 
 @dataclass
@@ -140,6 +175,30 @@ def _num(x: Any, fmt: str = ".4f") -> str:
     return format(float(x), fmt)
 
 
+def _sig(x: Any, digits: int = 4) -> str:
+    """``x`` to ``digits`` significant digits, in plain notation with thousands separators
+    between 0.001 and 1e9 (slopes span orders of magnitude; ``1.553e+04`` reads badly).
+
+    >>> _sig(15527.3), _sig(10.3127), _sig(0.00123456), _sig(2.5e10), _sig(None)
+    ('15,530', '10.31', '0.001235', '2.500e+10', '<span class="tlspec-na">–</span>')
+    """
+    if x is None or not math.isfinite(float(x)):
+        return '<span class="tlspec-na">–</span>'
+    v = float(f"{float(x):.{digits}g}")
+    if v == 0:
+        return "0"
+    if not 1e-3 <= abs(v) < 1e9:
+        return f"{v:.{digits - 1}e}"
+    return f"{v:,.{max(digits - 1 - math.floor(math.log10(abs(v))), 0)}f}"
+
+
+def _plain(value: Any) -> str:
+    """A provenance or settings value as text; floats with at most 6 significant digits."""
+    if isinstance(value, float) and not isinstance(value, bool):
+        return format(value, ".6g")
+    return str(value)
+
+
 def _stats(items: list[tuple[str, str, str]]) -> str:
     return '<div class="r-stats">' + "".join(
         f'<div class="r-stat"><div class="r-stat-k">{esc(k)}</div><div class="r-stat-v">{v}</div>'
@@ -155,7 +214,7 @@ def _provenance(prov: dict[str, Any], settings: dict[str, Any] | None = None) ->
             if isinstance(v, dict):
                 out += rows(v, f"{prefix}{k}.")
             else:
-                shown = ", ".join(map(str, v)) if isinstance(v, list) else v
+                shown = ", ".join(map(_plain, v)) if isinstance(v, list) else _plain(v)
                 out.append(f"<tr><th>{esc(prefix + k)}</th><td>{esc(shown)}</td></tr>")
         return out
 
@@ -282,7 +341,8 @@ def _render_delta(result: Any, ctx: ReportContext) -> Section:
                  f'<span style="right:0">+{m:.1f} %</span></span></th>'
                  f"<th>p (Holm)</th><th></th></tr>{''.join(rows)}</table>"
                  '<p class="tlspec-note">Intervals are Bonferroni-simultaneous over layers; '
-                 "“changed” marks layers whose Holm-adjusted p is below 1 − confidence.</p>")
+                 "“changed” marks layers whose Holm-adjusted p is below 1 − confidence. ΔSI is "
+                 f"the relative change in % as in {cite('delia2026', 'Table 4')}.</p>")
     html = (_stats(stats) + table + "<h3>Heads</h3>"
             + grid.html(include_runtime=False, include_patterns=False)
             + _provenance(prov, result.settings))

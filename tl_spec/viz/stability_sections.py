@@ -1,4 +1,5 @@
-"""Report sections for head stability, head importance and the seed-004 study.
+"""Report sections for head stability, head importance and the head-stability study (the claims of
+Bali et al. 2026, arXiv:2602.16740).
 
 Registered on import (``tl_spec.viz`` imports this module). Stability: per-layer table with
 intervals, the random-init null and distinctness, a line chart, and a head grid of per-head
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from tl_spec.viz.html import esc
-from tl_spec.viz.noise_sections import line_svg
+from tl_spec.viz.charts import line_chart
 from tl_spec.viz.sections import (
     ReportContext,
     Section,
@@ -28,6 +29,7 @@ from tl_spec.viz.sections import (
     _provenance,
     _shape_reason,
     _stats,
+    cite,
     register_section,
 )
 
@@ -72,9 +74,9 @@ def _render_stability(result: Any, ctx: ReportContext) -> Section:
               "distinctness": result.distinctness}
     if result.resid_cka is not None:
         series["resid_post CKA"] = result.resid_cka
-    chart = line_svg(list(range(len(result.stability))),
-                     {k: np.asarray(v, dtype=float).tolist() for k, v in series.items()},
-                     xlabel="layer", ylabel="similarity")
+    chart = line_chart(list(range(len(result.stability))),
+                       {k: np.asarray(v, dtype=float).tolist() for k, v in series.items()},
+                       xlabel="layer", ylabel=f"similarity ({result.measure})", integer_x=True)
     match = ""
     if len(result.matching):
         a, b = result.pairs[0]
@@ -100,10 +102,12 @@ def _render_importance(result: Any, ctx: ReportContext) -> Section:
     reason = reason or (_shape_reason([model], scores.shape) if model is not None else "")
     sets = [ctx.patterns(model, result)] if model is not None and not reason else None
     grid = _drill_grid({"grid_id": ctx.next_id(), "title": "Loss increase when the head is ablated",
-                        "subtitle": "nats per token"}, scores, sets, reason)
-    stats = [("clean loss", _num(result.clean_loss, ".4f"), f"{result.n_tokens} predicted tokens"),
-             ("most important", _num(float(np.nanmax(scores)), ".4f"),
-              "L{}H{}".format(*np.unravel_index(int(np.nanargmax(scores)), scores.shape)))]
+                        "subtitle": "loss increase in nats/token"}, scores, sets, reason)
+    stats = [("clean loss", _num(result.clean_loss, ".4f"),
+              f"nats/token over {result.n_tokens} predicted tokens"),
+             ("most important", _num(float(np.nanmax(scores)), "+.4f"),
+              "nats/token more loss without L{}H{}".format(
+                  *np.unravel_index(int(np.nanargmax(scores)), scores.shape)))]
     html = (_stats(stats) + grid.html(include_runtime=False, include_patterns=False)
             + _provenance(prov, result.settings))
     return Section(f"Head importance · {_label(result.model)}", html, [grid])
@@ -121,15 +125,18 @@ def _render_study(result: Any, ctx: ReportContext) -> Section:
                     f"</td><td>{_num(c['effect'], '+.4f')}</td><td>[{_num(ci.low, '+.4f')}, "
                     f"{_num(ci.high, '+.4f')}]</td><td style=\"color:{colour};font-weight:600\">"
                     f"{text}</td></tr>")
-    table = ('<table class="r-table"><tr><th>#</th><th>claim (seed 004)</th><th>statistic '
+    table = ('<table class="r-table"><tr><th>#</th><th>claim (Bali et al. 2026)</th><th>statistic '
              "(positive supports)</th><th>effect</th><th>interval</th><th>here</th></tr>"
              f"{''.join(rows)}</table>")
     curves = {f"{g['name']}": np.asarray(g["stability"], dtype=float) for g in result.groups}
     depth = max(len(v) for v in curves.values())
-    chart = line_svg(list(range(depth)), {k: np.pad(v, (0, depth - len(v)),
-                                                    constant_values=np.nan).tolist()
-                                          for k, v in curves.items()},
-                     xlabel="layer", ylabel="stability")
-    html = (table + "<h3>Stability by layer, per group</h3>" + chart
+    chart = line_chart(list(range(depth)), {k: np.pad(v, (0, depth - len(v)),
+                                                      constant_values=np.nan).tolist()
+                                            for k, v in curves.items()},
+                       xlabel="layer", ylabel=f"stability ({result.measure})", integer_x=True)
+    note = ('<p class="tlspec-note">The five claims of '
+            f"{cite('bali2026')} about head stability across refits, tested on these "
+            "models.</p>")
+    html = (note + table + "<h3>Stability by layer, per group</h3>" + chart
             + _provenance(result.provenance or {}, result.settings))
-    return Section(f"Seed 004 claims · measure {result.measure}", html, [])
+    return Section(f"Head-stability claims (Bali et al. 2026) · measure {result.measure}", html, [])

@@ -1,4 +1,5 @@
-"""Report section for the deconstruct study: loss change per variant and placement, kept-layer SI.
+"""Report section for the deconstruct study (the attention variants of Xue, Moosavi & Aletras 2025,
+arXiv:2510.11602): loss change per variant and placement, kept-layer SI.
 
 Registered on import (``tl_spec.viz`` imports this module).
 
@@ -20,7 +21,9 @@ from tl_spec.viz.sections import (
     _label,
     _num,
     _provenance,
+    _sig,
     _stats,
+    cite,
     register_section,
 )
 
@@ -33,10 +36,11 @@ def _render_deconstruct(result: Any, ctx: ReportContext) -> Section:
     bound = max([abs(v) for r in rows for v in (r["interval"].low, r["interval"].high)
                  if math.isfinite(v)] or [1.0]) or 1.0
     worst = max(rows, key=lambda r: r["delta_loss"]) if rows else None
-    stats = [("clean loss", _num(result.clean_loss, ".4f"), f"ppl {result.clean_ppl:.2f}"),
+    stats = [("clean loss", _num(result.clean_loss, ".4f"),
+              f"nats/token; perplexity {_sig(result.clean_ppl)}"),
              ("texts", str(result.settings.get("n_texts", "")), "paired bootstrap over texts"),
              ("largest cost", _num(worst["delta_loss"], "+.3f") if worst else "–",
-              f"{worst['variant']} · {worst['placement']}" if worst else "")]
+              f"nats/token: {worst['variant']} · {worst['placement']}" if worst else "")]
     body = []
     for r in rows:
         ci = r["interval"]
@@ -48,14 +52,14 @@ def _render_deconstruct(result: Any, ctx: ReportContext) -> Section:
             f'<td>{_forest(r["delta_loss"], ci.low, ci.high, bound, significant)}</td>'
             f'<td>{_num(r["ppl_ratio"], ".3f")}×</td><td>{_num(r["si_kept"], ".4f")}</td>'
             f'<td>{_num(r["delta_si_kept"], "+.4f")}</td></tr>')
-    table = ('<table class="r-table"><tr><th>variant</th><th>placement</th><th>Δ loss</th>'
+    table = ('<table class="r-table"><tr><th>variant</th><th>placement</th><th>Δ loss (nats/token)</th>'
              f'<th>{rows[0]["interval"].level:.0%} CI</th>' if rows else '<table class="r-table"><tr>')
     table += (f'<th><span class="r-forest r-axis"><span style="left:0">−{bound:.2f}</span>'
               '<span style="left:50%;transform:translateX(-50%)">0</span>'
-              f'<span style="right:0">+{bound:.2f}</span></span></th><th>perplexity</th>'
+              f'<span style="right:0">+{bound:.2f}</span></span></th><th>perplexity ratio</th>'
               f"<th>SI kept layers</th><th>Δ SI kept</th></tr>{''.join(body)}</table>"
               '<p class="tlspec-note">Δ loss in nats per predicted token against the unmodified '
               "model; highlighted rows exclude 0. “SI kept” is the pattern SI of the layers that "
-              "keep standard attention.</p>")
+              "keep standard attention. Variants as in " + cite("xue2025") + ".</p>")
     html = _stats(stats) + table + _provenance(result.provenance or {}, result.settings)
     return Section(f"Deconstructing attention · {_label(result.model)}", html, [])
