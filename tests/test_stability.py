@@ -210,7 +210,7 @@ def test_refits_are_stable_above_chance_on_both_backends(tmp_path, monkeypatch):
     assert "not testable" in study.table()
     imp = head_importance(groups[0].models[0], TEXTS[:3], ablations=("zero",))
     page = tl_spec.viz.write_report([r, study, imp], tmp_path / "report").read_text()
-    for title in ("Head stability (output)", "Seed 004 claims", "Head importance", "not testable",
+    for title in ("Head stability (output)", "Head-stability claims", "Head importance", "not testable",
                   "Matching: "):
         assert title in page, title
     study.to_json(tmp_path / "study.json")
