@@ -366,6 +366,14 @@ def build(
         raise TLSpecError(f"unknown zoo set {set_name!r}; choose one of {', '.join(SETS)}")
     if not isinstance(workers, int) or workers < 1:
         raise TLSpecError(f"workers must be a positive integer, got {workers!r}")
+    if only is not None:
+        valid = [m.name for m in SETS[set_name]]
+        unknown = [name for name in only if name not in valid]
+        if unknown or not only:
+            raise TLSpecError(
+                f"only: {', '.join(map(repr, unknown)) or 'no model names'} "
+                f"{'is' if len(unknown) == 1 else 'are'} not in the zoo set {set_name!r}; "
+                f"choose among {', '.join(valid)}")
     root = Path(out) if out is not None else cache_dir() / set_name
     _writable(root)
     for stale in root.glob(".building-*"):
