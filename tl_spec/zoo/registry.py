@@ -370,10 +370,9 @@ def build(
         valid = [m.name for m in SETS[set_name]]
         unknown = [name for name in only if name not in valid]
         if unknown or not only:
-            raise TLSpecError(
-                f"only: {', '.join(map(repr, unknown)) or 'no model names'} "
-                f"{'is' if len(unknown) == 1 else 'are'} not in the zoo set {set_name!r}; "
-                f"choose among {', '.join(valid)}")
+            what = (f"{', '.join(map(repr, unknown))} not in the zoo set {set_name!r}" if unknown
+                    else "no model names given")
+            raise TLSpecError(f"only: {what}; choose among {', '.join(valid)}")
     root = Path(out) if out is not None else cache_dir() / set_name
     _writable(root)
     for stale in root.glob(".building-*"):
