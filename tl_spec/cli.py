@@ -689,11 +689,8 @@ def _cmd_tiny(args: argparse.Namespace) -> None:
 
     target = Path(args.path).expanduser()
     if target.exists() and not target.is_dir():
-        raise TLSpecError(f"{args.path}: is a file; give a new (or empty) directory for the "
-                          "checkpoint")
-    if target.is_dir() and any(target.iterdir()):
-        raise TLSpecError(f"{args.path}: the directory is not empty; give a new (or empty) "
-                          "directory so no files are overwritten")
+        raise TLSpecError(f"{args.path}: is a file; give a directory for the checkpoint "
+                          "(new, or one to overwrite)")
     ancestor = target.parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent

@@ -76,8 +76,12 @@ def _study(args: argparse.Namespace) -> Any:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from tl_spec.study.plan import plan
 
+    if args.json not in (None, "-") and Path(args.json).is_dir():
+        raise TLSpecError(f"--json {args.json}: is a directory; give a file path")
     p = plan(_study(args))
     if args.json == "-":
         sys.stdout.write(p.to_json())
