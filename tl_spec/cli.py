@@ -481,7 +481,7 @@ def _hub_offline() -> bool:
 
 
 def _hub_reason(name: str) -> str | None:
-    """``None`` when ``name`` can be loaded from the hub (cached, or found online quickly), else why not."""
+    """``None`` when ``name`` loads from the hub (cached, or found online quickly); else why not."""
     if not _HUB_NAME.fullmatch(name):
         return "it is not a valid hub name either"
     try:

@@ -205,7 +205,8 @@ def _check_result_file(path: str) -> None:
     try:
         data = json.loads(p.read_bytes().decode("utf-8"))
     except UnicodeDecodeError:
-        raise TLSpecError(f"{path}: not UTF-8 text; give a result JSON written by tl_spec") from None
+        raise TLSpecError(f"{path}: not UTF-8 text; give a result JSON written by tl_spec"
+                          ) from None
     except RecursionError:
         raise TLSpecError(f"{path}: JSON nested too deeply to be a tl_spec result") from None
     except ValueError as exc:
