@@ -445,14 +445,33 @@ def add_audit_parser(subparsers: Any) -> None:
     p.set_defaults(func=run_audit)
 
 
+def _auditable(row: AuditRow) -> bool:
+    """Whether the file held anything to check: a stored SI, a matrix, a stored ΔSI or seeds."""
+    return (any(v.si_stored is not None or v.n_matrices for v in row.variants.values())
+            or row.delta_stored_pct is not None or row.delta_stored_abs is not None
+            or row.identical_seeds or row.zero_width_intervals)
+
+
 def run_audit(args: argparse.Namespace) -> int:
-    """Run the ``audit`` sub-command: table to stdout (stderr with ``--json -``); 2 for bad input."""
+    """Run the ``audit`` sub-command: table to stdout (stderr with ``--json -``).
+
+    Exit status 2 for bad input (nothing audited), 1 when no file held anything auditable
+    (no paper result), else 0.
+    """
     try:
+        if args.json not in (None, "-") and Path(args.json).is_dir():
+            raise TLSpecError(f"--json {args.json}: is a directory; give a file path")
         report = audit_files(args.files, paper_table=args.paper_table)
     except TLSpecError as exc:
         print(f"tl-spec audit: error: {exc}", file=sys.stderr)
         return 2
     print(report.table(), file=sys.stderr if args.json == "-" else sys.stdout)
+    status = 0
+    if not any(_auditable(r) for r in report.rows):
+        print("tl-spec audit: nothing auditable in " + ", ".join(r.file for r in report.rows)
+              + ": no stored SI, entropy matrix, ΔSI or per-seed values (is it an E11 paper "
+              "result file?)", file=sys.stderr)
+        status = 1
     if args.json:
         payload = json.dumps(report.to_dict(), indent=1, allow_nan=False) + "\n"
         if args.json == "-":
@@ -460,4 +479,4 @@ def run_audit(args: argparse.Namespace) -> int:
         else:
             atomic_write_text(args.json, payload)
             print(f"wrote {args.json}", file=sys.stderr)
-    return 0
+    return status

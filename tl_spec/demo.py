@@ -10,6 +10,7 @@ with provenance) and an offline HTML report into ``out``.
 
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -25,12 +26,24 @@ from tl_spec.experiments.sensitivity import compare_sensitivity, noise_sensitivi
 from tl_spec.experiments.si import specialization_index
 from tl_spec.experiments.stability import head_stability
 from tl_spec.fileio import atomic_write_text
+from tl_spec.options import SensitivityOptions
 from tl_spec.prompts import E06_TEXTS, STANDARD_10
 from tl_spec.viz.report import write_report
 from tl_spec.zoo import available, load
 from tl_spec.corpus import heldout_texts
 
-__all__ = ["run_demo"]
+__all__ = ["SENSITIVITY", "run_demo"]
+
+SENSITIVITY = SensitivityOptions()
+"""The demo's noise-sensitivity settings: ``noise_sensitivity``'s defaults (the summary names
+any setting that differs, should this ever change)."""
+
+
+def _differences(options: SensitivityOptions) -> list[str]:
+    """``name=value (default D)`` for every setting of ``options`` off the defaults."""
+    default = SensitivityOptions()
+    return [f"{n}={getattr(options, n)!r} (default {getattr(default, n)!r})"
+            for n in SensitivityOptions.names() if getattr(options, n) != getattr(default, n)]
 
 
 def _steps() -> list[tuple[str, Callable[[dict[str, Any]], Any]]]:
@@ -52,7 +65,7 @@ def _steps() -> list[tuple[str, Callable[[dict[str, Any]], Any]]]:
     def sensitivity(state: dict[str, Any]) -> list[Any]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", TLSpecWarning)  # fit quality is in the result
-            a, b = (noise_sensitivity(state[n], E06_TEXTS, sigmas=(0, 0.05, 0.1, 0.2))
+            a, b = (noise_sensitivity(state[n], E06_TEXTS, options=SENSITIVITY)
                     for n in ("base-mha", "base-gqa"))
         return [a, b, compare_sensitivity(a, b)]
 
@@ -87,7 +100,11 @@ def _summary(results: dict[str, Any]) -> str:
     for name, s in zip(("base-mha", "base-gqa"), sens[:2]):
         rows.append((name, "PPL slope / log-PPL slope", f"{s.slope:.4g} / {s.log_slope:.4g}"))
     rows.append(("GQA / MHA", "slope ratio (ratio of means)",
-                 f"{sens[2].ratio_of_means:.3g}x  (p = {sens[2].pvalue:.2g}, 3 seeds)"))
+                 f"{sens[2].ratio_of_means:.3g}x  (p = {sens[2].pvalue:.2g}, "
+                 f"{len(SENSITIVITY.seeds)} seeds)"))
+    changed = _differences(SENSITIVITY)
+    rows.append(("", "noise settings", "; ".join(changed) if changed
+                 else "noise_sensitivity's defaults (SensitivityOptions)"))
     stab = results.get("head stability (refits)")
     if stab is None:
         refits = [e for e in available() if e.set == "refits"]
@@ -102,8 +119,17 @@ def _summary(results: dict[str, Any]) -> str:
                          f"head stability L{layer} (output CKA)",
                          f"{value:.3f}  CI [{ci.low:.3f}, {ci.high:.3f}]  null {stab.null[layer]:.3f}"
                          f"  resid CKA {stab.resid_cka[layer]:.3f}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+    return _table(rows)
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    """Left-aligned columns two spaces apart, without trailing spaces.
+
+    >>> _table([("a", "bb"), ("ccc", "")]).splitlines()
+    ['a    bb', 'ccc']
+    """
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
 def run_demo(out: str | Path = "tl_spec_demo", *, progress: bool = True) -> dict[str, Any]:
@@ -117,7 +143,8 @@ def run_demo(out: str | Path = "tl_spec_demo", *, progress: bool = True) -> dict
     results: dict[str, Any] = {}
     timings: dict[str, float] = {}
     steps = _steps()
-    bar = tqdm(steps, desc="tl-spec demo", unit="step", disable=not progress)
+    bar = tqdm(steps, desc="tl-spec demo", unit="step",
+               disable=not progress or not sys.stderr.isatty())
     for label, fn in bar:
         bar.set_postfix_str(label)
         start = time.perf_counter()

@@ -76,8 +76,12 @@ def _study(args: argparse.Namespace) -> Any:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from tl_spec.study.plan import plan
 
+    if args.json not in (None, "-") and Path(args.json).is_dir():
+        raise TLSpecError(f"--json {args.json}: is a directory; give a file path")
     p = plan(_study(args))
     if args.json == "-":
         sys.stdout.write(p.to_json())
@@ -92,9 +96,21 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_run_flags(args: argparse.Namespace) -> None:
+    """Refuse impossible ``study run`` numbers before the study file is even read."""
+    at_least = {"--workers": (args.workers, 1), "--threads": (args.threads, 1),
+                "--chunk": (args.chunk, 1), "--max-cells": (args.max_cells, 1),
+                "--retries": (args.retries, 0), "--cache-size": (args.cache_size, 1),
+                "--retry-delay": (args.retry_delay, 0), "--gpus-per-task": (args.gpus_per_task, 0)}
+    for flag, (value, low) in at_least.items():
+        if value is not None and not value >= low:  # also refuses NaN
+            raise TLSpecError(f"{flag} must be at least {low}, got {value}")
+
+
 def _run(args: argparse.Namespace) -> int:
     from tl_spec.study.runner import print_progress, run_study
 
+    _check_run_flags(args)
     study = _study(args)
     summary = run_study(study, executor=args.executor, workers=args.workers, threads=args.threads,
                         address=args.scheduler, gpus_per_task=args.gpus_per_task,

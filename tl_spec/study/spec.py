@@ -421,8 +421,10 @@ def study_from_dict(data: Mapping[str, Any], *, base_dir: str | os.PathLike[str]
         raise ctx.err((), f"a study is a table (dict) of keys, got {type(data).__name__}")
     _unknown(ctx, (), data, TOP_KEYS, "the study")
     study_name = data.get("name", name or "study")
-    if not isinstance(study_name, str) or not study_name or "/" in study_name:
-        raise ctx.err(("name",), f"name must be a non-empty string without '/', got {study_name!r}")
+    if (not isinstance(study_name, str) or not study_name.strip() or study_name in (".", "..")
+            or any(c in study_name for c in "/\\") or not study_name.isprintable()):
+        raise ctx.err(("name",), "name must be a non-empty string of printable characters "
+                      f"without '/' or '\\' (it names the store directory), got {study_name!r}")
     retries = data.get("retries", 2)
     if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= 20:
         raise ctx.err(("retries",), f"retries must be an integer from 0 to 20, got {retries!r}")

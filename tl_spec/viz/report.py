@@ -16,6 +16,8 @@ same bytes, so reports can be diffed.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -200,9 +202,49 @@ def add_report_parser(subparsers: Any) -> None:
     p.set_defaults(func=run_report)
 
 
+MAX_DRAWABLE = 1e150  # larger magnitudes overflow when squared or scaled for colours
+MAX_DEPTH = 64  # result files nest a few levels; deeper JSON is no result
+
+
+def _check_result_file(path: str) -> None:
+    """Refuse a result file that cannot be drawn: not UTF-8 JSON, absurdly nested, huge numbers."""
+    p = Path(path)
+    if not p.is_file():
+        return  # write_report names missing files itself
+    try:
+        data = json.loads(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise TLSpecError(f"{path}: not UTF-8 text; give a result JSON written by tl_spec"
+                          ) from None
+    except RecursionError:
+        raise TLSpecError(f"{path}: JSON nested too deeply to be a tl_spec result") from None
+    except ValueError as exc:
+        raise TLSpecError(f"{path}: not valid JSON ({exc}); give a result file written by "
+                          "tl_spec (result.to_json)") from None
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise TLSpecError(f"{path}: JSON nested more than {MAX_DEPTH} levels (at {where}); "
+                              "not a tl_spec result")
+        if isinstance(value, dict):
+            stack.extend((v, f"{where}.{k}", depth + 1) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value))
+        elif (isinstance(value, float) and math.isfinite(value)
+              and abs(value) > MAX_DRAWABLE):
+            raise TLSpecError(f"{path}: value {value:g} at {where.lstrip('.')} is beyond "
+                              f"±{MAX_DRAWABLE:g} and cannot be drawn; is the file corrupted?")
+
+
 def run_report(args: argparse.Namespace) -> int:
     """Run the ``report`` sub-command; 2 for bad input (nothing written)."""
     try:
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise TLSpecError(f"--out {args.out}: is a file; give a directory for report.html")
+        for result in args.results:
+            _check_result_file(result)
         path = write_report(args.results, args.out, model=args.model, prompt=args.prompt,
                             tuned_model=args.tuned_model, title=args.title, decimals=args.decimals)
     except TLSpecError as exc:

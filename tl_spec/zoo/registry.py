@@ -366,6 +366,13 @@ def build(
         raise TLSpecError(f"unknown zoo set {set_name!r}; choose one of {', '.join(SETS)}")
     if not isinstance(workers, int) or workers < 1:
         raise TLSpecError(f"workers must be a positive integer, got {workers!r}")
+    if only is not None:
+        valid = [m.name for m in SETS[set_name]]
+        unknown = [name for name in only if name not in valid]
+        if unknown or not only:
+            what = (f"{', '.join(map(repr, unknown))} not in the zoo set {set_name!r}" if unknown
+                    else "no model names given")
+            raise TLSpecError(f"only: {what}; choose among {', '.join(valid)}")
     root = Path(out) if out is not None else cache_dir() / set_name
     _writable(root)
     for stale in root.glob(".building-*"):

@@ -9,9 +9,16 @@ import argparse
 import json
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+from tl_spec.cli.inputs import check_models as _check_models
+from tl_spec.cli.inputs import check_output as _check_output
+from tl_spec.cli.inputs import check_text_file as _check_text_file
+from tl_spec.cli.inputs import load_resolved as _load_resolved
+from tl_spec.cli.inputs import progress as _progress
+from tl_spec.cli.inputs import resolve_model as _resolve_model
 from tl_spec.errors import TLSpecError
 from tl_spec.options import (
     DeconstructOptions,
@@ -27,9 +34,94 @@ from tl_spec.options import (
 __all__ = ["build_parser", "main"]
 
 
+class _LazySubParsers(argparse._SubParsersAction):
+    """Sub-commands whose flags live in heavy modules get them only when chosen.
+
+    ``tl-spec --help`` lists every command from its one-line help without importing torch or
+    TransformerLens; ``tl-spec audit --help`` (or any use of ``audit``) fills the parser first.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fillers: dict[str, tuple[argparse.ArgumentParser, Callable[[Any], None]]] = {}
+
+    def add_lazy(self, name: str, help: str, fill: Callable[[Any], None]) -> None:
+        """Register ``name`` now; ``fill(subparsers)`` adds its flags when it is parsed."""
+        self._fillers[name] = (self.add_parser(name, help=help), fill)
+
+    def fill(self, name: str) -> argparse.ArgumentParser:
+        """The parser of ``name`` with all its flags (filled on first call)."""
+        if name in self._fillers:
+            parser, fill = self._fillers.pop(name)
+            fill(_Existing(parser))
+        return self._name_parser_map[name]
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if values and values[0] in self._fillers:
+            self.fill(values[0])
+        super().__call__(parser, namespace, values, option_string)
+
+
+class _Existing:
+    """Stands in for argparse subparsers: ``add_parser`` hands back an already made parser."""
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self.parser = parser
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return self.parser
+
+    def add_subparsers(self, **kwargs: Any) -> Any:  # pragma: no cover - not used by fillers
+        return self.parser.add_subparsers(**kwargs)
+
+
+def _fill_study(sub: Any) -> None:
+    from tl_spec.study.cli import add_parser
+
+    add_parser(sub)
+
+
+def _fill_audit(sub: Any) -> None:
+    from tl_spec.audit import add_audit_parser
+
+    add_audit_parser(sub)
+
+
+def _fill_report(sub: Any) -> None:
+    from tl_spec.viz.report import add_report_parser
+
+    add_report_parser(sub)
+
+
+def _fill_tiny(sub: Any) -> None:
+    from tl_spec.zoo.tiny import ARCHS
+
+    tiny = sub.add_parser("tiny")
+    tiny.add_argument("path", help="directory to create (refused if it is a file)")
+    tiny.add_argument("--arch", default="llama-gqa", choices=ARCHS)
+    tiny.add_argument("--seed", type=int, default=0)
+
+
+def _add_quiet_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars (they are also off when stderr is not a terminal)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="local Hugging Face checkpoint directory, zoo model name "
-                   "(`tl-spec zoo list`) or hub name (online)")
+                   "(`tl-spec zoo list`, also as zoo:NAME) or hub name (online or cached)")
     _add_loading_args(p)
 
 
@@ -62,12 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Attention-head specialization measurements for TransformerLens models.",
     )
     parser.add_argument("--version", action="store_true", help="print versions and exit")
-    sub = parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="command", action=_LazySubParsers)
 
     si = sub.add_parser("si", help="Specialization Index of one model")
     _add_model_args(si)
     SIOptions.add_arguments(si, exclude=("stat_dtype",))
     _add_prompt_args(si)
+    _add_quiet_arg(si)
     si.add_argument("--json", default=None, metavar="PATH|-",
                     help="write the result as JSON (atomically) to PATH, or to stdout with -")
 
@@ -85,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--allow-different-tokenizers", action="store_true",
                     help="let each model tokenize the prompts itself (default: refuse models "
                          "that tokenize differently)")
+    _add_quiet_arg(dl)
     dl.add_argument("--json", default=None, metavar="PATH|-",
                     help="write the result as JSON (atomically) to PATH, or to stdout with -")
 
@@ -97,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     SIOptions.add_arguments(pr, exclude=("stat_dtype", "aggregate"))
     StatsOptions.add_arguments(pr)
     _add_prompt_args(pr)
+    _add_quiet_arg(pr)
     _add_json_arg(pr)
 
     se = sub.add_parser("sensitivity", help="perplexity slope against noise sigma (E06)")
@@ -105,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_loading_args(se)
     SensitivityOptions.add_arguments(se)
     se.add_argument("--texts", default=None, help="text file (default: the E06 texts)")
+    _add_quiet_arg(se)
     _add_json_arg(se)
 
     st = sub.add_parser("stability", help="per-head stability across independently trained models")
@@ -120,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="prompt blocks of the bootstrap (default: 16)")
     StabilityStatsOptions.add_arguments(st)
     _add_prompt_args(st, default="32 held-out documents of the zoo corpus")
+    _add_quiet_arg(st)
     _add_json_arg(st)
 
     dc = sub.add_parser("deconstruct", help="loss and SI under attention variants (seed 003)")
@@ -132,11 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     DeconstructOptions.add_arguments(dc)
     dc.add_argument("--texts", default=None,
                     help="text file, one per line (default: Standard-10 and the E06 texts)")
+    _add_quiet_arg(dc)
     _add_json_arg(dc)
 
-    from tl_spec.study.cli import add_parser as add_study_parser
-
-    add_study_parser(sub)
+    sub.add_lazy("study", "declarative studies over many models: plan, run (resumable; local, "
+                 "Dask or Ray), collect", _fill_study)
 
     zoo = sub.add_parser("zoo", help="the embedded model zoo: list, build")
     zsub = zoo.add_subparsers(dest="zoo_command", required=True)
@@ -149,28 +246,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="models built in parallel (one thread each; weights do not change)")
     zb.add_argument("--max-steps", type=int, default=None, help="cap every recipe (smoke builds)")
     zb.add_argument("--max-examples", type=int, default=None, help=argparse.SUPPRESS)
+    _add_quiet_arg(zb)
 
     dm = sub.add_parser("demo", help="the main job on the embedded zoo, offline")
     dm.add_argument("--out", default="tl_spec_demo", help="report directory")
+    _add_quiet_arg(dm)
 
-    from tl_spec.audit import add_audit_parser
-
-    add_audit_parser(sub)
-    from tl_spec.viz.report import add_report_parser
-
-    add_report_parser(sub)
+    sub.add_lazy("audit", "recompute the SI stored in E11 result files; flag pitfalls", _fill_audit)
+    sub.add_lazy("report", "a self-contained offline HTML report of result files", _fill_report)
 
     de = sub.add_parser("describe", help="architecture facts: heads, KV sharing, windows, rho_eff")
     _add_model_args(de)
-    de.add_argument("--seq-len", type=int, default=None, help="say whether windows bind here")
+    de.add_argument("--seq-len", type=_positive_int, default=None, metavar="N",
+                    help="say whether windows bind here (a positive token count)")
     de.add_argument("--json", default=None, metavar="PATH|-")
 
-    tiny = sub.add_parser("tiny", help="write a tiny random-init HF checkpoint (offline trials)")
-    tiny.add_argument("path")
-    from tl_spec.zoo.tiny import ARCHS
-
-    tiny.add_argument("--arch", default="llama-gqa", choices=ARCHS)
-    tiny.add_argument("--seed", type=int, default=0)
+    sub.add_lazy("tiny", "write a tiny random-init HF checkpoint (offline trials)", _fill_tiny)
     return parser
 
 
@@ -180,6 +271,7 @@ def _emit_json(payload: str, target: str | None) -> None:
     if target == "-":
         sys.stdout.write(payload)
     elif target:
+        Path(target).expanduser().parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(target, payload)
         print(f"wrote {target}", file=sys.stderr)
 
@@ -188,9 +280,11 @@ def _cmd_si(args: argparse.Namespace) -> None:
     from tl_spec.experiments.si import specialization_index
 
     options = SIOptions.from_namespace(args)
+    _check_output(args.json)
     pset = _load_prompt_set(args)
-    model = _load_any(args.model, args)
-    result = specialization_index(model, pset, options=options, progress=sys.stderr.isatty())
+    resolved = _check_models(args, [args.model])[0]
+    model = _load_resolved(resolved, args)
+    result = specialization_index(model, pset, options=options, progress=_progress(args))
     header = f"model: {args.model}  prompts: {pset.name} ({len(pset)})"
     _report(args, header, result.summary(), result)
 
@@ -208,6 +302,7 @@ def _load_prompt_set(args: argparse.Namespace) -> Any:
     from tl_spec.prompts import STANDARD_10_SET, load_prompts
 
     if args.prompts:
+        _check_text_file(args.prompts, "--prompts")
         return load_prompts(args.prompts, md5=args.prompts_md5,
                             sha256=getattr(args, "prompts_sha256", None))
     return STANDARD_10_SET
@@ -222,6 +317,7 @@ def _cmd_delta(args: argparse.Namespace) -> None:
     stats = StatsOptions.from_namespace(args)
     pset = _load_prompt_set(args)
     stats.check_units(len(pset))
+    _check_output(args.json)
     template: bool | str | None = None
     if args.chat_template == "tokenizer":
         template = True
@@ -230,12 +326,15 @@ def _cmd_delta(args: argparse.Namespace) -> None:
         if not path.is_file():
             raise TLSpecError(f"--chat-template {path}: no such file (give a Jinja template file, "
                               "or no value to use the tuned tokenizer's own template)")
+        _check_text_file(str(path), "--chat-template")
         template = path.read_text(encoding="utf-8")
-    base = _load_any(args.base, args)
-    tuned = _load_any(args.tuned, args)
+    base_at, tuned_at = _check_models(args, [args.base, args.tuned])
+    base = _load_resolved(base_at, args)
+    tuned = _load_resolved(tuned_at, args)
     result = delta_si(base, tuned, pset, si_options=si_options, stats=stats,
                       chat_template=template,
-                      allow_different_tokenizers=args.allow_different_tokenizers)
+                      allow_different_tokenizers=args.allow_different_tokenizers,
+                      progress=_progress(args))
     header = f"base: {args.base}\ntuned: {args.tuned}\nprompts: {pset.name} ({len(pset)})"
     _report(args, header, result.summary(), result)
 
@@ -253,14 +352,15 @@ def _cmd_probe(args: argparse.Namespace) -> None:
     pset = _load_prompt_set(args)
     if not args.sweep:
         stats.check_units(len(pset))
-    model = _load_any(args.model, args)
+    _check_output(args.json)
+    model = _load_resolved(_check_models(args, [args.model])[0], args)
     if args.sweep:
         result = probe_sweep(model, pset, options=options, si_options=si_options,
-                             progress=sys.stderr.isatty())
+                             progress=_progress(args))
     else:
         given = {k: v for k, v in vars(args).items() if k in StatsOptions.names()}
         result = perturbation_probe(model, pset, options=options, si_options=si_options,
-                                    stats=stats if given else None)
+                                    stats=stats if given else None, progress=_progress(args))
     _report(args, f"model: {args.model}  prompts: {pset.name} ({len(pset)})", result.summary(),
             result)
 
@@ -270,12 +370,16 @@ def _cmd_sensitivity(args: argparse.Namespace) -> None:
     from tl_spec.prompts import E06_SET, load_prompts
 
     options = SensitivityOptions.from_namespace(args)
+    _check_output(args.json)
+    if args.texts:
+        _check_text_file(args.texts, "--texts")
     texts = load_prompts(args.texts) if args.texts else E06_SET
     results = []
-    for name in [args.model] + ([args.model_b] if args.model_b else []):
-        model = _load_any(name, args)
+    names = [args.model] + ([args.model_b] if args.model_b else [])
+    for resolved in _check_models(args, names):
+        model = _load_resolved(resolved, args)
         results.append(noise_sensitivity(model, texts, options=options,
-                                         progress=sys.stderr.isatty()))
+                                         progress=_progress(args)))
     text = "\n\n".join(r.summary() for r in results)
     result: Any = results[0]
     if len(results) == 2:
@@ -285,14 +389,8 @@ def _cmd_sensitivity(args: argparse.Namespace) -> None:
 
 
 def _load_any(name: str, args: argparse.Namespace) -> Any:
-    """A checkpoint directory or hub name, or the name of a zoo model."""
-    from pathlib import Path
-
-    from tl_spec import load_model, zoo
-
-    if not Path(name).exists() and name in {m.name for ms in zoo.registry.SETS.values() for m in ms}:
-        return zoo.load(name, backend=args.backend, dtype=args.dtype, device=args.device)
-    return load_model(name, backend=args.backend, dtype=args.dtype, device=args.device)
+    """A checkpoint directory, a zoo model name (or ``zoo:NAME``) or a hub name, loaded."""
+    return _load_resolved(_resolve_model(name), args)
 
 
 def _cmd_stability(args: argparse.Namespace) -> None:
@@ -303,6 +401,9 @@ def _cmd_stability(args: argparse.Namespace) -> None:
     values = {k: v for k, v in vars(args).items()
               if k in StabilityOptions.names() + StatsOptions.names()}
     options, stats = stability_options(**values)
+    _check_output(args.json)
+    if args.seeds is not None and args.seeds < 1:
+        raise TLSpecError(f"--seeds must be a positive integer, got {args.seeds}")
     if args.study:
         if args.models:
             raise TLSpecError("give either MODEL arguments or --study, not both")
@@ -311,16 +412,16 @@ def _cmd_stability(args: argparse.Namespace) -> None:
         study_values = {k: v for k, v in values.items() if k in ("measure", "null", "n_blocks")}
         groups = refit_groups(seeds=args.seeds, backend=args.backend)
         study = stability_study(groups, heldout_texts(32), heldout_texts(16, offset=32),
-                                stats=stats, progress=sys.stderr.isatty(), **study_values)
+                                stats=stats, progress=_progress(args), **study_values)
         _report(args, f"study: {args.study}", study.summary(), study)
         return
     if len(args.models) < 2:
         raise TLSpecError(f"stability needs two or more models, got {len(args.models)} "
                           "(or use --study refits)")
     prompts = _load_prompt_set(args) if args.prompts else heldout_texts(32)
-    models = [_load_any(name, args) for name in args.models]
+    models = [_load_resolved(r, args) for r in _check_models(args, args.models)]
     result = head_stability(models, prompts, options=options, stats=stats,
-                            progress=sys.stderr.isatty())
+                            progress=_progress(args))
     header = "models: " + ", ".join(args.models) + f"\nprompts: {len(prompts)}"
     _report(args, header, result.summary(), result)
 
@@ -332,6 +433,7 @@ def _cmd_deconstruct(args: argparse.Namespace) -> None:
     from tl_spec.prompts import E06_TEXTS, STANDARD_10
 
     options = DeconstructOptions.from_namespace(args)
+    _check_output(args.json)
     if args.trained:
         if args.model:
             raise TLSpecError("--trained uses the zoo's variants set; give no MODEL with it")
@@ -347,14 +449,11 @@ def _cmd_deconstruct(args: argparse.Namespace) -> None:
     if not args.model:
         raise TLSpecError("give a MODEL (or --trained for the zoo's trained variants)")
     if args.texts:
-        path = Path(args.texts)
-        if not path.is_file():
-            raise TLSpecError(f"--texts {path}: no such file (one text per line)")
-        texts = [t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
+        texts = _check_text_file(args.texts, "--texts")
     else:
         texts = list(STANDARD_10) + list(E06_TEXTS)
-    model = _load_any(args.model, args)
-    result = deconstruct(model, texts, options=options, progress=sys.stderr.isatty())
+    model = _load_resolved(_check_models(args, [args.model])[0], args)
+    result = deconstruct(model, texts, options=options, progress=_progress(args))
     _report(args, f"model: {args.model}  texts: {len(texts)}", result.summary(), result)
 
 
@@ -375,7 +474,7 @@ def _cmd_zoo(args: argparse.Namespace) -> None:
             print(f"{e.name:<{width}}  {e.set:<8} {e.kind:<9} {'yes' if e.ready else 'no':<6} "
                   f"{e.location}")
         return
-    only = [x for x in args.only.split(",") if x] if args.only else None
+    only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only is not None else None
 
     def done(name: str, metrics: dict) -> None:
         held = metrics.get("heldout_loss")
@@ -383,20 +482,22 @@ def _cmd_zoo(args: argparse.Namespace) -> None:
         print(f"built {name}{extra}", file=sys.stderr)
 
     root = zoo.build(args.set, out=args.out, only=only, workers=args.workers, on_done=done,
-                     max_steps=args.max_steps, max_examples=args.max_examples)
+                     max_steps=args.max_steps, max_examples=args.max_examples,
+                     progress=_progress(args))
     print(f"zoo set {args.set!r} complete in {root}")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
     from tl_spec.demo import run_demo
 
-    run_demo(args.out, progress=True)
+    run_demo(args.out, progress=_progress(args))
 
 
 def _cmd_describe(args: argparse.Namespace) -> None:
-    from tl_spec import describe, load_model
+    from tl_spec.models import describe
 
-    model = load_model(args.model, backend=args.backend, dtype=args.dtype, device=args.device)
+    _check_output(args.json)
+    model = _load_resolved(_check_models(args, [args.model])[0], args)
     facts = describe(model, seq_len=args.seq_len)
     if args.json != "-":
         print(facts.table())
@@ -407,6 +508,15 @@ def _cmd_describe(args: argparse.Namespace) -> None:
 def _cmd_tiny(args: argparse.Namespace) -> None:
     from tl_spec.zoo.tiny import build_random_checkpoint
 
+    target = Path(args.path).expanduser()
+    if target.exists() and not target.is_dir():
+        raise TLSpecError(f"{args.path}: is a file; give a directory for the checkpoint "
+                          "(new, or one to overwrite)")
+    ancestor = target.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise TLSpecError(f"{args.path}: {ancestor} is a file, so no directory can be made there")
     path = build_random_checkpoint(args.path, arch=args.arch, seed=args.seed)
     print(f"wrote a random-init {args.arch} checkpoint to {path}")
 
