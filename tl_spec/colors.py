@@ -174,8 +174,12 @@ class ColorScale:
         return ramp(DIVERGING if self.diverging else SEQUENTIAL)
 
     def position(self, value: float) -> float:
-        """Where ``value`` falls on the scale, 0..1 (clipped)."""
-        return min(max((value - self.vmin) / (self.vmax - self.vmin), 0.0), 1.0)
+        """Where ``value`` falls on the scale, 0..1 (clipped; the middle when the scale has no
+        width in floating point, e.g. limits near 1e300)."""
+        span = self.vmax - self.vmin
+        if not span > 0:
+            return 0.5
+        return min(max((value - self.vmin) / span, 0.0), 1.0)
 
     def color(self, value: float) -> str | None:
         """``#rrggbb`` for ``value``; ``None`` for NaN (shown as missing)."""

@@ -164,7 +164,8 @@ def load_prompts(path: str | Path, *, md5: str | None = None, sha256: str | None
         why = "is a directory" if p.is_dir() else "does not exist"
         raise TLSpecError(f"prompt file {str(p)!r} {why} (cwd {str(Path.cwd())!r}); pass the path "
                           "of a text file with one prompt per line.")
-    hint = " Use the exact published file, or drop the hash argument for your own prompts."
+    hint = (" Use the exact published file, or drop the hash argument for your own prompts."
+            if md5 is not None or sha256 is not None else "")
     return _from_bytes(p.read_bytes(), name or p.stem, str(p), md5=md5, sha256=sha256, hint=hint)
 
 
