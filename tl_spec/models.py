@@ -137,12 +137,26 @@ def checkpoint_extensions() -> tuple[CheckpointExtension, ...]:
 
 
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    """Accept a torch dtype or its name ("bfloat16", "float32", ...).
+    """Accept a floating-point torch dtype or its name ("bfloat16", "float32", ...).
+
+    Integer, boolean and complex dtypes are refused: weights and activations must be real floats.
 
     >>> resolve_dtype("bf16")
     torch.bfloat16
+    >>> resolve_dtype(torch.int32)
+    Traceback (most recent call last):
+    ...
+    tl_spec.errors.TLSpecError: dtype torch.int32 is not a floating-point type; a model's weights and activations need one of torch.float32, torch.float64, torch.bfloat16 or torch.float16 (or their names: 'float32', 'bf16', ...)
     """
-    if dtype is None or isinstance(dtype, torch.dtype):
+    if dtype is None:
+        return None
+    if isinstance(dtype, torch.dtype):
+        if dtype not in set(_DTYPES.values()):
+            raise TLSpecError(
+                f"dtype {dtype} is not a floating-point type; a model's weights and activations "
+                "need one of torch.float32, torch.float64, torch.bfloat16 or torch.float16 (or "
+                "their names: 'float32', 'bf16', ...)"
+            )
         return dtype
     key = str(dtype).lower().removeprefix("torch.")
     if key not in _DTYPES:
