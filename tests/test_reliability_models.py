@@ -236,3 +236,22 @@ def test_hub_name_loads_offline_from_a_cache(tiny_checkpoints, tmp_path):
     for backend in backends:
         assert out[backend][2] == pytest.approx(out["local"], abs=1e-5), backend
     assert "HF_HUB_OFFLINE is set" in out["missing"] and "tl-spec zoo list" in out["missing"]
+
+
+# ---------------------------------------------------------------- Falcon, grouped KV on the bridge
+
+
+def test_falcon_grouped_kv_on_the_bridge_is_a_clear_error(tmp_path):
+    import transformers
+
+    from tl_spec.zoo.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer(384)
+    config = transformers.FalconConfig(
+        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=8,
+        num_kv_heads=2, new_decoder_architecture=True, bias=False, alibi=False)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(TLSpecError, match=r"cannot split the fused attention weights .* grouped "
+                                          r"key/value heads .* backend='hooked'"):
+        tl_spec.load_model(tmp_path, backend="bridge")

@@ -289,13 +289,16 @@ def _hub_problem(name: str, why: str) -> TLSpecError:
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick TCP connection to the hub's endpoint (no retries)."""
+    """One quick TCP connection to the hub's endpoint (no retries); behind a proxy, assume yes."""
     import socket
     from urllib.parse import urlparse
+    from urllib.request import getproxies
 
     from huggingface_hub import constants
 
     url = urlparse(constants.ENDPOINT)
+    if url.scheme in getproxies() or "all" in getproxies():  # the loader goes through the proxy
+        return True
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         with socket.create_connection((url.hostname or "", port), timeout=timeout):
@@ -405,6 +408,12 @@ def load_model(
     :class:`CheckpointExtension` objects: a checkpoint trained with an attention variant
     (``tl_spec_variant.json``, registered by :mod:`tl_spec.zoo.variant_models`) gets that variant
     as permanent hooks.
+
+    Problems are :class:`TLSpecError` before anything loads where a cheap check finds them: a
+    local directory needs a JSON ``config.json`` with ``model_type`` and whole weight files (a
+    directory without tokenizer files loads with ``model.tokenizer = None`` and a warning, for
+    token-id inputs); a hub name must be reachable or in the Hugging Face cache (offline, with
+    ``HF_HUB_OFFLINE=1`` or no network, the cache is used without retries).
 
     >>> load_model("gpt2", backend="hooked", dtype="float32")  # doctest: +SKIP
     """
@@ -535,10 +544,11 @@ def _load_bridge(name: str, dtype: torch.dtype, device: Any, kwargs: dict[str, A
                 raise
             raise TLSpecError(
                 f"TransformerLens {_tl_version()}'s bridge cannot split the fused attention "
-                f"weights of {name} ({exc}): a known limitation for grouped key/value heads in "
-                "fused QKV layouts (e.g. Falcon's new decoder architecture). Load it with "
-                "backend='hooked' on TransformerLens 3 (pip install 'transformer-lens<4'), or "
-                "use another checkpoint."
+                f"weights of {name} ({exc}): a known TransformerLens limitation for grouped "
+                "key/value heads in a fused QKV layout (e.g. Falcon's new decoder architecture "
+                "with num_kv_heads < num_attention_heads). The alternative is backend='hooked' "
+                "on TransformerLens 3 where it supports the architecture (it has no Falcon "
+                "support); otherwise use a checkpoint without grouped key/value heads."
             ) from exc
     model.eval()
     return model

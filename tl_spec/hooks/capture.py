@@ -43,9 +43,6 @@ __all__ = ["STATS", "PatternStats", "Stat", "pattern_hook_name"]
 
 Stat = Literal["correlation", "column_entropy", "row_entropy", "mean_pattern"]
 STATS: tuple[str, ...] = ("correlation", "column_entropy", "row_entropy", "mean_pattern")
-#: An attention row of a real token summing to less than this is treated as broken (emptied NaN).
-_EMPTY_ROW = 1e-3
-
 
 def _non_finite_parameters(model: Any, limit: int = 3) -> list[str]:
     """Names of up to ``limit`` parameters of ``model`` holding NaN or Inf (empty if none)."""
@@ -167,9 +164,10 @@ class PatternStats(HookSet):
         batch, _, n_q, _ = pattern.shape
         token_valid = real_tokens(self.attention_mask, batch, n_q, pattern.device, owner="stats")
         row_sums = pattern.sum(-1)
-        # a real query attends at least to itself: a NaN/Inf row, or an all-zero one (what
-        # HookedTransformer makes of NaN scores), means the forward pass went wrong
-        broken = ~torch.isfinite(row_sums) | (row_sums.abs() < _EMPTY_ROW)
+        # a real query attends at least to itself: a NaN/Inf row, or an exactly zero one (what
+        # HookedTransformer makes of NaN scores; attention sinks leave rows below 1, not at 0),
+        # means the forward pass went wrong
+        broken = ~torch.isfinite(row_sums) | (row_sums == 0)
         self._bad_rows[layer].append((token_valid[:, None, :] & broken).any())
         store = self._per_batch
         if "correlation" in store:
