@@ -196,12 +196,14 @@ def test_unreachable_hub_fails_fast_with_the_three_options(tmp_path, monkeypatch
 _HUB_SCRIPT = textwrap.dedent("""
     import json, sys, warnings
     warnings.simplefilter("ignore")
-    import tl_spec
+    import tl_spec, tl_spec.models
+    if sys.argv[1] == "no-network":  # HF_HUB_OFFLINE unset, the probe finds no hub
+        tl_spec.models._hub_reachable = lambda timeout=3.0: False
     out = {}
     prompts = ["The cat sat on the mat today", "A second prompt for the test"]
-    local = tl_spec.load_model(sys.argv[1], backend="bridge")
+    local = tl_spec.load_model(sys.argv[2], backend="bridge")
     out["local"] = tl_spec.specialization_index(local, prompts).value
-    for backend in sys.argv[2:]:
+    for backend in sys.argv[3:]:
         model = tl_spec.load_model("gpt2", backend=backend)
         out[backend] = [tl_spec.models.backend_name(model), int(model.cfg.n_layers),
                         tl_spec.specialization_index(model, prompts).value]
@@ -213,19 +215,26 @@ _HUB_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_hub_name_loads_offline_from_a_cache(tiny_checkpoints, tmp_path):
-    """``load_model("gpt2")`` with HF_HUB_OFFLINE=1 and a cache the test builds, every backend."""
+@pytest.mark.parametrize("mode", ["HF_HUB_OFFLINE=1", "no-network"])
+def test_hub_name_loads_offline_from_a_cache(tiny_checkpoints, tmp_path, mode):
+    """``load_model("gpt2")`` from a cache the test builds, offline, every backend.
+
+    ``HF_HUB_OFFLINE=1``: the user said so. ``no-network``: the variable is unset and the one
+    reachability probe fails, so the cache is read without the hub client's retries.
+    """
     home = tmp_path / "hf"
     repo = home / "hub" / "models--gpt2"
     revision = "0123456789abcdef0123456789abcdef01234567"
     shutil.copytree(tiny_checkpoints["gpt2"], repo / "snapshots" / revision)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(revision)
-    env = dict(os.environ, HF_HOME=str(home), HF_HUB_CACHE=str(home / "hub"), HF_HUB_OFFLINE="1",
-               PYTHONPATH=str(REPO))
-    env.pop("TRANSFORMERS_CACHE", None)
+    env = dict(os.environ, HF_HOME=str(home), HF_HUB_CACHE=str(home / "hub"), PYTHONPATH=str(REPO))
+    for var in ("TRANSFORMERS_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        env.pop(var, None)
+    if mode == "HF_HUB_OFFLINE=1":
+        env["HF_HUB_OFFLINE"] = "1"
     backends = ["auto", *LOADABLE]
-    proc = subprocess.run([sys.executable, "-c", _HUB_SCRIPT, str(tiny_checkpoints["gpt2"]),
+    proc = subprocess.run([sys.executable, "-c", _HUB_SCRIPT, mode, str(tiny_checkpoints["gpt2"]),
                            *backends], env=env, cwd=REPO, capture_output=True, text=True,
                           timeout=600)
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
@@ -235,7 +244,8 @@ def test_hub_name_loads_offline_from_a_cache(tiny_checkpoints, tmp_path):
     assert out["auto"][:2] == [auto, 3]
     for backend in backends:
         assert out[backend][2] == pytest.approx(out["local"], abs=1e-5), backend
-    assert "HF_HUB_OFFLINE is set" in out["missing"] and "tl-spec zoo list" in out["missing"]
+    reason = "HF_HUB_OFFLINE is set" if mode == "HF_HUB_OFFLINE=1" else "cannot be reached"
+    assert reason in out["missing"] and "tl-spec zoo list" in out["missing"]
 
 
 # ---------------------------------------------------------------- Falcon, grouped KV on the bridge
