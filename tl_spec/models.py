@@ -31,7 +31,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
-from tl_spec.errors import TLSpecError
+from tl_spec.errors import TLSpecError, TLSpecWarning
 from tl_spec.names import hook_name
 
 __all__ = [
@@ -137,12 +137,26 @@ def checkpoint_extensions() -> tuple[CheckpointExtension, ...]:
 
 
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    """Accept a torch dtype or its name ("bfloat16", "float32", ...).
+    """Accept a floating-point torch dtype or its name ("bfloat16", "float32", ...).
+
+    Integer, boolean and complex dtypes are refused: weights and activations must be real floats.
 
     >>> resolve_dtype("bf16")
     torch.bfloat16
+    >>> resolve_dtype(torch.int32)
+    Traceback (most recent call last):
+    ...
+    tl_spec.errors.TLSpecError: dtype torch.int32 is not a floating-point type; a model's weights and activations need one of torch.float32, torch.float64, torch.bfloat16 or torch.float16 (or their names: 'float32', 'bf16', ...)
     """
-    if dtype is None or isinstance(dtype, torch.dtype):
+    if dtype is None:
+        return None
+    if isinstance(dtype, torch.dtype):
+        if dtype not in set(_DTYPES.values()):
+            raise TLSpecError(
+                f"dtype {dtype} is not a floating-point type; a model's weights and activations "
+                "need one of torch.float32, torch.float64, torch.bfloat16 or torch.float16 (or "
+                "their names: 'float32', 'bf16', ...)"
+            )
         return dtype
     key = str(dtype).lower().removeprefix("torch.")
     if key not in _DTYPES:
@@ -168,13 +182,211 @@ def _is_local(name: str) -> bool:
     return Path(name).expanduser().is_dir()
 
 
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+#: Files any one of which lets transformers build the checkpoint's tokenizer.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                    "spiece.model", "tokenizer.tiktoken")
+_SAVE_HINT = ("rewrite the directory with save_pretrained (model and tokenizer), or copy it "
+              "again from where it came from")
+
+
 def _check_local_dir(path: Path) -> None:
-    if not (path / "config.json").exists():
+    """Cheap checks of a checkpoint directory before anything loads: config and weight files.
+
+    ``config.json`` must be a JSON object with a ``model_type``; the weights must be there (a
+    single file or an index and all its shards) and every safetensors file whole (its header's
+    last offset must match the file size).
+    """
+    config_file = path / "config.json"
+    if not config_file.exists():
         raise TLSpecError(
             f"{path} is a directory but has no config.json, so it is not a Hugging Face "
             "checkpoint; point at the directory written by save_pretrained (config, weights and "
             "tokenizer together)."
         )
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TLSpecError(f"{config_file} is not valid JSON ({exc}); {_SAVE_HINT}.") from exc
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        raise TLSpecError(
+            f"{config_file} has no \"model_type\" entry, so transformers cannot tell the "
+            f"architecture (e.g. \"llama\", \"gpt2\"); add it or {_SAVE_HINT}."
+        )
+    found = [name for name in _WEIGHT_FILES if (path / name).exists()]
+    if not found:
+        raise TLSpecError(
+            f"{path} holds no weights (none of {', '.join(_WEIGHT_FILES)}); {_SAVE_HINT}."
+        )
+    for name in found:
+        if name.endswith(".index.json"):
+            _check_index(path / name)
+        elif name.endswith(".safetensors"):
+            _check_safetensors(path / name)
+
+
+def _check_index(index_file: Path) -> None:
+    try:
+        shards = set(json.loads(index_file.read_text(encoding="utf-8"))["weight_map"].values())
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise TLSpecError(f"the weight index {index_file} is damaged ({exc}); {_SAVE_HINT}.") from exc
+    missing = sorted(s for s in shards if not (index_file.parent / s).exists())
+    if missing:
+        raise TLSpecError(
+            f"{index_file.parent} lacks {len(missing)} weight shard(s) its index lists "
+            f"({', '.join(missing[:3])}); the copy is incomplete: {_SAVE_HINT}."
+        )
+    for shard in sorted(shards):
+        if shard.endswith(".safetensors"):
+            _check_safetensors(index_file.parent / shard)
+
+
+def _check_safetensors(file: Path) -> None:
+    """Raise unless ``file``'s size is exactly what its safetensors header says (not truncated)."""
+    size = file.stat().st_size
+    try:
+        with open(file, "rb") as fh:
+            n_header = int.from_bytes(fh.read(8), "little")
+            if size < 8 or n_header > size - 8:
+                raise ValueError("the header is cut off")
+            header = json.loads(fh.read(n_header))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+                  default=0)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise TLSpecError(
+            f"the weight file {file} is damaged ({exc}); {_SAVE_HINT}."
+        ) from exc
+    if 8 + n_header + end != size:
+        raise TLSpecError(
+            f"the weight file {file} has {size} bytes but its header describes "
+            f"{8 + n_header + end}: it is truncated or damaged (an interrupted copy or download?); "
+            f"{_SAVE_HINT}."
+        )
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return any((path / name).exists() for name in _TOKENIZER_FILES)
+
+
+def _placeholder_tokenizer() -> Any:
+    """A one-word tokenizer to boot a checkpoint that has none (removed after loading)."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")))
+
+
+def _hub_problem(name: str, why: str) -> TLSpecError:
+    return TLSpecError(
+        f"cannot load {name!r}: it is not a local directory, and {why}. Use one of: (1) a local "
+        "checkpoint directory (config.json, weights and tokenizer, as save_pretrained writes "
+        "them); (2) a zoo model name from `tl-spec zoo list` (tl_spec.zoo.load(name) in "
+        "Python); (3) a hub name that is reachable (network on, HF_HUB_OFFLINE unset) or already "
+        "in the Hugging Face cache (HF_HOME / HF_HUB_CACHE)."
+    )
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connection to the hub's endpoint (no retries); behind a proxy, assume yes."""
+    import socket
+    from urllib.parse import urlparse
+    from urllib.request import getproxies
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    if url.scheme in getproxies() or "all" in getproxies():  # the loader goes through the proxy
+        return True
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _check_hub_name(names: list[str]) -> bool:
+    """Fail fast if no name in ``names`` can be had; return whether to load from the cache only.
+
+    Offline (``HF_HUB_OFFLINE``) or with the hub unreachable, a name must be in the Hugging Face
+    cache; a reachable hub is left to the loader.
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    def cached() -> bool:
+        return any(isinstance(try_to_load_from_cache(n, "config.json"), str) for n in names)
+
+    if constants.is_offline_mode():
+        if not cached():
+            raise _hub_problem(names[0], "HF_HUB_OFFLINE is set while the Hugging Face cache "
+                               f"({constants.HF_HUB_CACHE}) holds no copy of it")
+        return False
+    if _hub_reachable():
+        return False
+    if not cached():
+        raise _hub_problem(names[0], f"the Hugging Face hub ({constants.ENDPOINT}) cannot be "
+                           f"reached while its cache ({constants.HF_HUB_CACHE}) holds no copy of it")
+    return True
+
+
+@contextlib.contextmanager
+def _hub_offline(enabled: bool) -> Any:
+    """Make huggingface_hub read only its cache (as HF_HUB_OFFLINE=1 would), then restore."""
+    from huggingface_hub import constants
+
+    was = constants.HF_HUB_OFFLINE
+    if enabled:
+        constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = was
+
+
+def _fix_tl_config(config: dict[str, Any]) -> dict[str, Any]:
+    """What TransformerLens 3's config converter needs that transformers 5 configs dropped."""
+    if config.get("model_type") == "gpt2":  # transformers 5 dropped the n_ctx alias TL reads
+        config.setdefault("n_ctx", config.get("n_positions", 1024))
+    return config
+
+
+@contextlib.contextmanager
+def _tl_hub_config_fixes() -> Any:
+    """During a hub load, hand TransformerLens' config converter configs with :func:`_fix_tl_config`."""
+    import transformer_lens.loading_from_pretrained as loading
+
+    original = loading.AutoConfig
+
+    class _FixedAutoConfig:
+        @staticmethod
+        def from_pretrained(*args: Any, **kwargs: Any) -> Any:
+            config = original.from_pretrained(*args, **kwargs)
+            for key, value in _fix_tl_config(config.to_dict()).items():
+                if key == "n_ctx" and getattr(config, key, None) is None:
+                    setattr(config, key, value)
+            return config
+
+    loading.AutoConfig = _FixedAutoConfig
+    try:
+        yield
+    finally:
+        loading.AutoConfig = original
+
+
+def _load_failed(name: str, local: bool, backend: str, exc: Exception) -> TLSpecError:
+    what = f"the checkpoint directory {name}" if local else f"the hub model {name!r}"
+    other = "hooked" if backend == "bridge" else "bridge"
+    fix = (f"if the directory is incomplete or damaged, {_SAVE_HINT}; if it is whole, this "
+           f"backend may not support its architecture: try backend={other!r}" if local else
+           "check the name (as on huggingface.co), your access to it, and that the network or "
+           "the Hugging Face cache holds it; or use a local directory or a zoo name "
+           "(`tl-spec zoo list`)")
+    return TLSpecError(
+        f"{what} could not be loaded with backend={backend!r} ({type(exc).__name__}: "
+        f"{str(exc).strip()[:400]}); {fix}."
+    )
 
 
 def load_model(
@@ -196,6 +408,12 @@ def load_model(
     :class:`CheckpointExtension` objects: a checkpoint trained with an attention variant
     (``tl_spec_variant.json``, registered by :mod:`tl_spec.zoo.variant_models`) gets that variant
     as permanent hooks.
+
+    Problems are :class:`TLSpecError` before anything loads where a cheap check finds them: a
+    local directory needs a JSON ``config.json`` with ``model_type`` and whole weight files (a
+    directory without tokenizer files loads with ``model.tokenizer = None`` and a warning, for
+    token-id inputs); a hub name must be reachable or in the Hugging Face cache (offline, with
+    ``HF_HUB_OFFLINE=1`` or no network, the cache is used without retries).
 
     >>> load_model("gpt2", backend="hooked", dtype="float32")  # doctest: +SKIP
     """
@@ -222,16 +440,42 @@ def load_model(
         if not local and _has_hooked() and _tl_major() < 4 and _is_official(name):
             backend = "hooked"
     carried = []  # records read before the weights load, so a damaged one fails fast
+    tokenizer = True
+    cache_only = False
     if local:
         for extension in checkpoint_extensions():
             record = extension.read(Path(name).expanduser())
             if record is not None:
                 carried.append((extension, record))
-    with _quiet_hf():
-        if backend == "bridge":
-            model = _load_bridge(name, dtype, device, kwargs)
-        else:
-            model = _load_hooked(name, local, dtype, device, kwargs)
+        tokenizer = "tokenizer" in kwargs or _has_tokenizer(Path(name).expanduser())
+    else:
+        names = [name]
+        if backend == "hooked":
+            names.append(_official_name(name))
+        cache_only = _check_hub_name(names)
+    try:
+        with _quiet_hf(), _hub_offline(cache_only):
+            if backend == "bridge":
+                model = _load_bridge(name, dtype, device, kwargs, tokenizer=tokenizer)
+            else:
+                model = _load_hooked(name, local, dtype, device, kwargs, tokenizer=tokenizer)
+    except TLSpecError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        raise _load_failed(name, local, backend, exc) from exc
+    except Exception as exc:
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise _load_failed(name, local, backend, exc) from exc
+    if not tokenizer:
+        model.tokenizer = None
+        warnings.warn(
+            f"{name} has no tokenizer files ({', '.join(_TOKENIZER_FILES)}): the model is loaded "
+            "without one and takes token ids only (a [batch, pos] integer tensor or a list of "
+            "1-D tensors); save the tokenizer into the directory to use text prompts.",
+            TLSpecWarning,
+            stacklevel=2,
+        )
     for extension, record in carried:
         extension.attach(model, record)
     return model
@@ -258,6 +502,16 @@ def _tl_version() -> str:
     return version("transformer-lens")
 
 
+def _official_name(name: str) -> str:
+    """TransformerLens' official hub name for ``name`` (``name`` itself if TL knows none)."""
+    try:
+        from transformer_lens.loading_from_pretrained import get_official_model_name
+
+        return str(get_official_model_name(name))
+    except Exception:
+        return name
+
+
 def _is_official(name: str) -> bool:
     try:
         from transformer_lens.loading_from_pretrained import get_official_model_name
@@ -268,34 +522,54 @@ def _is_official(name: str) -> bool:
     return True
 
 
-def _load_bridge(name: str, dtype: torch.dtype, device: Any, kwargs: dict[str, Any]) -> Any:
+def _load_bridge(name: str, dtype: torch.dtype, device: Any, kwargs: dict[str, Any], *,
+                 tokenizer: bool = True) -> Any:
+    """``TransformerBridge.boot_transformers``; without tokenizer files it boots on a placeholder
+    tokenizer (the caller removes it)."""
     from transformer_lens.model_bridge import TransformerBridge
 
+    if not tokenizer and kwargs.get("tokenizer") is None:
+        kwargs = dict(kwargs, tokenizer=_placeholder_tokenizer())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = TransformerBridge.boot_transformers(
-            str(Path(name).expanduser()) if _is_local(name) else name,
-            device=device or "cpu",
-            dtype=dtype,
-            **kwargs,
-        )
+        try:
+            model = TransformerBridge.boot_transformers(
+                str(Path(name).expanduser()) if _is_local(name) else name,
+                device=device or "cpu",
+                dtype=dtype,
+                **kwargs,
+            )
+        except RuntimeError as exc:
+            if "split_with_sizes" not in str(exc):
+                raise
+            raise TLSpecError(
+                f"TransformerLens {_tl_version()}'s bridge cannot split the fused attention "
+                f"weights of {name} ({exc}): a known TransformerLens limitation for grouped "
+                "key/value heads in a fused QKV layout (e.g. Falcon's new decoder architecture "
+                "with num_kv_heads < num_attention_heads). The alternative is backend='hooked' "
+                "on TransformerLens 3 where it supports the architecture (it has no Falcon "
+                "support); otherwise use a checkpoint without grouped key/value heads."
+            ) from exc
     model.eval()
     return model
 
 
 def _load_hooked(
-    name: str, local: bool, dtype: torch.dtype, device: Any, kwargs: dict[str, Any]
+    name: str, local: bool, dtype: torch.dtype, device: Any, kwargs: dict[str, Any], *,
+    tokenizer: bool = True,
 ) -> Any:
     from transformer_lens import HookedTransformer
 
     if not local:
-        return HookedTransformer.from_pretrained_no_processing(
-            name, dtype=dtype, device=device, **kwargs
-        ).eval()
-    return _hooked_from_local(Path(name).expanduser(), dtype, device, kwargs)
+        with _tl_hub_config_fixes():
+            return HookedTransformer.from_pretrained_no_processing(
+                name, dtype=dtype, device=device, **kwargs
+            ).eval()
+    return _hooked_from_local(Path(name).expanduser(), dtype, device, kwargs, tokenizer=tokenizer)
 
 
-def _hooked_from_local(path: Path, dtype: torch.dtype, device: Any, kwargs: dict[str, Any]) -> Any:
+def _hooked_from_local(path: Path, dtype: torch.dtype, device: Any, kwargs: dict[str, Any], *,
+                       tokenizer: bool = True) -> Any:
     """HookedTransformer from a local checkpoint: TL's config converter, then its weight converter.
 
     TransformerLens sniffs architecture from the *name* (``"llama"``, ``"gemma"`` in a path
@@ -314,9 +588,7 @@ def _hooked_from_local(path: Path, dtype: torch.dtype, device: Any, kwargs: dict
         for item in path.resolve().iterdir():
             if item.name != "config.json":
                 (link / item.name).symlink_to(item)
-        config = json.loads((path / "config.json").read_text())
-        if arch == "GPT2LMHeadModel":  # transformers 5 dropped the n_ctx alias TL reads
-            config.setdefault("n_ctx", config.get("n_positions", 1024))
+        config = _fix_tl_config(json.loads((path / "config.json").read_text()))
         (link / "config.json").write_text(json.dumps(config))
         try:
             with warnings.catch_warnings():
@@ -332,8 +604,8 @@ def _hooked_from_local(path: Path, dtype: torch.dtype, device: Any, kwargs: dict
             ) from exc
         hf_model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype)
         state_dict = loading.get_pretrained_state_dict(str(link), cfg, hf_model, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = HookedTransformer(cfg, tokenizer, move_to_device=False, **kwargs)
+    tok = AutoTokenizer.from_pretrained(path) if tokenizer else _placeholder_tokenizer()
+    model = HookedTransformer(cfg, tok, move_to_device=False, **kwargs)
     model.load_and_process_state_dict(
         state_dict,
         fold_ln=False,

@@ -113,7 +113,7 @@ def tokenize(
                 f"attention statistics need at least {min_tokens}. Use a longer prompt or "
                 "prepend_bos=True.")
 
-    ids, truncated = _truncated(rows, max_length, min_tokens, too_short)
+    ids, truncated = _truncated(rows, max_length, min_tokens, too_short, n_ctx=_n_ctx(model))
     return Tokenized(tuple(ids), truncated, prepend_bos, max_length)
 
 
@@ -224,7 +224,9 @@ def prepare_inputs(
         prompts: a list of strings, a :class:`~tl_spec.prompts.PromptSet`, a ``[batch, pos]``
             integer tensor or a list of 1-D integer tensors.
         attention_mask: with a token tensor, 1 on real tokens and 0 on padding (either side).
-        max_length: longer prompts are truncated, with a warning.
+        max_length: longer prompts are truncated, with a warning; capped at the model's
+            context ``cfg.n_ctx`` when that is shorter (also with a warning, only if a prompt
+            is longer).
         prepend_bos: for text only (``None``: the model's default); token ids are used as given.
         min_tokens: prompts with fewer tokens are refused.
 
@@ -284,26 +286,56 @@ def prepare_inputs(
         return (f"prompt {i} has {n} real token(s); attention statistics need at least "
                 f"{min_tokens}. Drop it or check its attention_mask row.")
 
-    ids, truncated = _truncated(rows, max_length, min_tokens, too_short)
+    ids, truncated = _truncated(rows, max_length, min_tokens, too_short, n_ctx=_n_ctx(model))
     tokenized = Tokenized(tuple(ids), truncated, None, max_length)
     info = {"name": "token ids", "n_prompts": len(ids), "source": "token ids",
             "token_ids_sha256": token_ids_sha256(tokenized.ids)}
     return Inputs(tokenized, None, info)
 
 
+def _n_ctx(model: Any) -> int | None:
+    """The model's context length (``cfg.n_ctx``), or ``None`` when it does not say."""
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    try:
+        return int(n_ctx) if n_ctx is not None and int(n_ctx) > 0 else None
+    except (TypeError, ValueError):
+        return None
+
+
 def _truncated(rows: Sequence[Sequence[int]], max_length: int, min_tokens: int,
-               too_short: Any) -> tuple[list[tuple[int, ...]], int]:
-    """Rows cut to ``max_length`` (counted and warned about); a row under ``min_tokens`` is an
-    error whose message ``too_short(index, n_tokens)`` gives."""
+               too_short: Any, *, n_ctx: int | None = None) -> tuple[list[tuple[int, ...]], int]:
+    """Rows cut to ``max_length``, capped at the model's context ``n_ctx`` (counted and warned
+    about); a row under ``min_tokens`` is an error whose message ``too_short(index, n_tokens)``
+    gives.
+
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     ids, n = _truncated([[1, 2, 3, 4], [5, 6]], 8, 2, str, n_ctx=3)
+    >>> ids, n
+    ([(1, 2, 3), (5, 6)], 1)
+    >>> "context of 3 tokens" in str(caught[0].message)
+    True
+    """
+    capped = n_ctx is not None and n_ctx < max_length
+    limit = n_ctx if capped else max_length
     ids, truncated = [], 0
     for i, row in enumerate(rows):
-        if len(row) > max_length:
+        if len(row) > limit:
             truncated += 1
-            row = row[:max_length]
+            row = row[:limit]
         if len(row) < min_tokens:
             raise TLSpecError(too_short(i, len(row)))
         ids.append(tuple(int(t) for t in row))
-    if truncated:
+    if truncated and capped:
+        warnings.warn(
+            f"{truncated} of {len(ids)} prompts were longer than the model's context of {n_ctx} "
+            f"tokens (cfg.n_ctx, below max_length={max_length}) and were truncated to it; a "
+            "model cannot attend beyond its context, so use shorter prompts to keep them whole.",
+            TLSpecWarning,
+            stacklevel=4,
+        )
+    elif truncated:
         warnings.warn(
             f"{truncated} of {len(ids)} prompts were longer than max_length={max_length} tokens "
             "and were truncated; raise max_length to keep them whole.",

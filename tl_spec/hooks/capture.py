@@ -4,7 +4,11 @@
 TransformerLens hook API, so it works in your own ``run_with_hooks(..., fwd_hooks=...)`` or
 ``with model.hooks(...)`` code. Each hook reduces its layer's ``[batch, head, query, key]``
 pattern at once (masks for padding, causality and sliding windows applied) and keeps only small
-per-prompt tensors; no activation cache is ever held.
+per-prompt tensors; no activation cache is ever held. It also checks every forward pass for
+non-finite values, whatever the backend: a real token's attention row must be finite and carry
+weight (``HookedTransformer`` turns NaN patterns into zero rows before any hook sees them), and
+the residual stream after each measured layer (``blocks.{l}.hook_resid_post``) must be finite;
+:meth:`PatternStats.collect` raises a :class:`~tl_spec.errors.TLSpecError` naming the layer.
 
 >>> stats = PatternStats(model, stats=("correlation", "column_entropy"))  # doctest: +SKIP
 >>> model.run_with_hooks(tokens, attention_mask=mask,                     # doctest: +SKIP
@@ -39,6 +43,20 @@ __all__ = ["STATS", "PatternStats", "Stat", "pattern_hook_name"]
 
 Stat = Literal["correlation", "column_entropy", "row_entropy", "mean_pattern"]
 STATS: tuple[str, ...] = ("correlation", "column_entropy", "row_entropy", "mean_pattern")
+
+def _non_finite_parameters(model: Any, limit: int = 3) -> list[str]:
+    """Names of up to ``limit`` parameters of ``model`` holding NaN or Inf (empty if none)."""
+    named = getattr(model, "named_parameters", None)
+    if not callable(named):
+        return []
+    bad = []
+    with torch.no_grad():
+        for name, param in named():
+            if param.is_floating_point() and not bool(torch.isfinite(param).all()):
+                bad.append(name.replace("._original_component", ""))
+                if len(bad) == limit:
+                    break
+    return bad
 
 
 def pattern_hook_name(layer: int) -> str:
@@ -99,14 +117,36 @@ class PatternStats(HookSet):
         self._per_batch: dict[str, dict[int, list[torch.Tensor]]] = {
             s: {layer: [] for layer in self.layers} for s in self.stats if s != "mean_pattern"
         }
-        self._finite: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
+        self._model = model  # to name non-finite weights when a forward pass went wrong
+        self._bad_rows: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
+        self._bad_resid: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
+        hook_dict = getattr(model, "hook_dict", {})
+        self._resid_layers = [x for x in self.layers if hook_name("resid_post", x) in hook_dict]
         self._sum: dict[int, torch.Tensor] = {}
         self._count: torch.Tensor | None = None
 
     @property
     def fwd_hooks(self) -> list[tuple[str, Callable[..., None]]]:
-        """``(hook name, function)`` pairs for ``run_with_hooks`` or ``model.hooks``."""
-        return [(pattern_hook_name(layer), self._make_hook(layer)) for layer in self.layers]
+        """``(hook name, function)`` pairs for ``run_with_hooks`` or ``model.hooks``.
+
+        One pattern hook per layer, then one ``hook_resid_post`` check per layer (it records
+        whether the residual stream of real tokens stayed finite; it changes nothing).
+        """
+        hooks = [(pattern_hook_name(layer), self._make_hook(layer)) for layer in self.layers]
+        hooks += [(hook_name("resid_post", layer), self._make_resid_hook(layer))
+                  for layer in self._resid_layers]
+        return hooks
+
+    def _make_resid_hook(self, layer: int) -> Callable[..., None]:
+        def hook(resid: torch.Tensor, *, hook: Any = None) -> None:
+            batch, n = resid.shape[:2]
+            token_valid = real_tokens(self.attention_mask, batch, n, resid.device, owner="stats")
+            finite = torch.isfinite(resid).all(-1)
+            self._bad_resid[layer].append((token_valid & ~finite).any())
+            return None
+
+        hook.__name__ = f"tl_spec_finite_resid_L{layer}"
+        return hook
 
     def _make_hook(self, layer: int) -> Callable[..., None]:
         def hook(pattern: torch.Tensor, *, hook: Any = None) -> None:
@@ -123,8 +163,12 @@ class PatternStats(HookSet):
         """Reduce one layer's pattern for the current batch (what each hook calls)."""
         batch, _, n_q, _ = pattern.shape
         token_valid = real_tokens(self.attention_mask, batch, n_q, pattern.device, owner="stats")
-        row_sums = torch.where(token_valid[:, None, :], pattern.sum(-1), 0.0)
-        self._finite[layer].append(torch.isfinite(row_sums).all())
+        row_sums = pattern.sum(-1)
+        # a real query attends at least to itself: a NaN/Inf row, or an exactly zero one (what
+        # HookedTransformer makes of NaN scores; attention sinks leave rows below 1, not at 0),
+        # means the forward pass went wrong
+        broken = ~torch.isfinite(row_sums) | (row_sums == 0)
+        self._bad_rows[layer].append((token_valid[:, None, :] & broken).any())
         store = self._per_batch
         if "correlation" in store:
             valid = entry_mask(token_valid, region=self.region, window=self.windows[layer])
@@ -160,6 +204,34 @@ class PatternStats(HookSet):
         if layer == self.layers[0]:
             self._count = count if self._count is None else self._count + count
 
+    def check_finite(self) -> None:
+        """Raise if any forward pass so far produced non-finite values on real tokens.
+
+        :meth:`collect` calls it first. The message names the first broken layer, what broke
+        (attention rows, residual stream) and any non-finite weights of the model.
+        """
+        rows = [x for x in self.layers if any(bool(f) for f in self._bad_rows[x])]
+        resid = [x for x in self.layers if any(bool(f) for f in self._bad_resid[x])]
+        if not rows and not resid:
+            return
+        first = min(rows + resid)
+        where = []
+        if rows:
+            where.append(f"attention rows of real tokens that are NaN/Inf or empty in layers {rows}")
+        if resid:
+            where.append(f"a non-finite residual stream (hook_resid_post) after layers {resid}")
+        weights = _non_finite_parameters(self._model)
+        cause = (f"the model's weights hold non-finite values ({', '.join(weights)}): repair or "
+                 "reload the checkpoint" if weights else
+                 "the weights are finite, so the forward pass overflowed or divided by zero (e.g. "
+                 "float16/bfloat16 overflow, or fully masked padded rows with "
+                 "padding_side='left'): use dtype='float32', padding_side='right' or batch_size=1")
+        raise TLSpecError(
+            f"the model's forward pass produced non-finite values (NaN/Inf) starting at layer "
+            f"{first}: {'; '.join(where)}. Attention statistics of such a pass are meaningless, "
+            f"so nothing was measured; {cause}."
+        )
+
     def collect(self) -> dict[str, np.ndarray]:
         """Per-prompt statistics in the order prompts were run: ``{stat: [prompts, layers, ...]}``.
 
@@ -167,14 +239,7 @@ class PatternStats(HookSet):
         heads]``; ``"mean_pattern"`` gives ``"mean_pattern_sum"`` ``[layers, heads, n, n]`` and
         ``"mean_pattern_count"`` ``[n, n]``.
         """
-        bad = [x for x in self.layers if not all(bool(f) for f in self._finite[x])]
-        if bad:
-            raise TLSpecError(
-                f"the model produced non-finite attention weights on real tokens in layers {bad}; "
-                "this is a numerical problem of the forward pass (e.g. fully masked padded rows "
-                "in float64, or float16 overflow): use padding_side='right', batch_size=1, or "
-                "another dtype"
-            )
+        self.check_finite()
         out: dict[str, np.ndarray] = {}
         for stat, per_layer in self._per_batch.items():
             if not per_layer[self.layers[0]]:
