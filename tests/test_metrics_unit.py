@@ -288,7 +288,9 @@ def test_pattern_stats_is_a_hookset_bound_per_batch(tl_model):
     stats = PatternStats(model, stats=("correlation",))
     assert isinstance(stats, HookSet)
     names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
-    assert [name for name, _ in stats] == names == [pattern_hook_name(x) for x in range(len(names))]
+    assert names == [pattern_hook_name(x) for x in range(len(names))]
+    checks = [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)]
+    assert [name for name, _ in stats] == names + checks  # patterns, then the finiteness checks
     assert stats.bind(tokens, mask) is stats and stats.attention_mask is mask
     with torch.inference_mode(), model.hooks(fwd_hooks=[*stats]):
         model(tokens, return_type=None)  # right padding: real tokens never see the pads
