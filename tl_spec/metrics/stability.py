@@ -30,7 +30,7 @@ Pair = tuple[int, int]
 
 @dataclass
 class PooledStats:
-    """Per-block sums behind pairwise head similarities (``kind`` ``"pattern"``, ``"cka"``, ``"hsic"``).
+    """Per-block sums behind pairwise head similarities (``kind``: pattern, cka or hsic).
 
     ``pattern``: ``sums[pair]`` / ``counts[pair]`` ``[blocks, layers, heads, heads]`` hold the sum
     and number of defined per-prompt correlations (``pair == (a, a)`` is within model ``a``).
