@@ -25,6 +25,14 @@ Conditions are interleaved (A B C ... A B C ...) after warm-up rounds; medians a
 Results go to ``--out``/bench_stability.json and bench_stability.md.
 
     python benchmarks/bench_stability.py [--device cpu|cuda] [--dtype float32|bfloat16] [--quick]
+
+``--bounded``: peak RSS and time of ``head_stability(measure="output")`` by CKA estimator
+(exact / minibatch), each condition alone in a fresh subprocess (``ru_maxrss``), on random-init
+HookedTransformers of a Pythia-160M-like shape cut to 4 layers (d_model 768, 12 heads of 64,
+d_mlp 3072, rotary, parallel attention + MLP; vocabulary cut to 4096 so the weights stay
+small), 32 random-token prompts of 128 tokens, 16 blocks, 2 null models, 200 resamples:
+
+    python benchmarks/bench_stability.py --bounded [--models 4 10] [--estimators minibatch exact]
 """
 
 from __future__ import annotations
@@ -370,5 +378,78 @@ def main() -> None:
     print(table)
 
 
+# ---- bounded memory: exact vs minibatch CKA, one fresh process per condition --------------------
+
+PYTHIA_LIKE = dict(n_layers=4, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=4096,
+                   n_ctx=2048, act_fn="gelu", normalization_type="LN",
+                   positional_embedding_type="rotary", rotary_dim=16, parallel_attn_mlp=True)
+
+
+def bounded_child(estimator: str, n_models: int, n_prompts: int, n_blocks: int,
+                  n_resamples: int) -> dict:
+    """One condition in this process: build the models, run head_stability, report time + RSS."""
+    import resource
+
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    models = []
+    for seed in range(n_models):
+        cfg = HookedTransformerConfig(**PYTHIA_LIKE, seed=seed, model_name=f"pythia-like-s{seed}")
+        models.append(HookedTransformer(cfg).eval())
+    tokens = torch.randint(0, PYTHIA_LIKE["d_vocab"], (n_prompts, 128),
+                           generator=torch.Generator().manual_seed(0))
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    t0 = time.perf_counter()
+    r = tl_spec.head_stability(models, tokens, measure="output", null=2, n_blocks=n_blocks,
+                               n_resamples=n_resamples, estimator=estimator)
+    seconds = time.perf_counter() - t0
+    return {"estimator": r.settings["estimator"], "models": n_models, "prompts": n_prompts,
+            "blocks": n_blocks, "resamples": n_resamples, "seconds": round(seconds, 1),
+            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+            "rss_before_gib": round(rss0, 3), "threads": torch.get_num_threads(),
+            "stability": [round(float(v), 4) for v in r.stability],
+            "null": [round(float(v), 4) for v in r.null],
+            "resid_cka": [round(float(v), 4) for v in r.resid_cka]}
+
+
+def bounded_main(argv: list[str]) -> int:
+    import subprocess
+
+    p = argparse.ArgumentParser(description="head_stability peak RSS by CKA estimator")
+    p.add_argument("--bounded", action="store_true")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--models", type=int, nargs="+", default=[4])
+    p.add_argument("--estimators", nargs="+", default=["minibatch"],
+                   choices=("exact", "minibatch", "auto"))
+    p.add_argument("--n-prompts", type=int, default=32)
+    p.add_argument("--n-blocks", type=int, default=16)
+    p.add_argument("--n-resamples", type=int, default=200)
+    p.add_argument("--out", default="benchmarks/out")
+    args = p.parse_args(argv)
+    if args.child:
+        warnings.simplefilter("ignore")
+        print(json.dumps(bounded_child(args.estimators[0], args.models[0], args.n_prompts,
+                                       args.n_blocks, args.n_resamples)))
+        return 0
+    rows = []
+    for n_models in args.models:
+        for est in args.estimators:
+            cmd = [sys.executable, __file__, "--bounded", "--child", "--models", str(n_models),
+                   "--estimators", est, "--n-prompts", str(args.n_prompts), "--n-blocks",
+                   str(args.n_blocks), "--n-resamples", str(args.n_resamples)]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                print(done.stderr[-2000:], file=sys.stderr)
+                return done.returncode
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(json.dumps(rows[-1]), flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_stability_bounded.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
 if __name__ == "__main__":
+    if "--bounded" in sys.argv[1:]:
+        sys.exit(bounded_main(sys.argv[1:]))
     sys.exit(main())

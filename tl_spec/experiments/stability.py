@@ -33,6 +33,7 @@ from tl_spec.display import short_name
 from tl_spec.errors import TLSpecError, TLSpecWarning
 from tl_spec.running import model_device
 from tl_spec.hooks.features import BatchFeatures
+from tl_spec.metrics.cka import minibatch_hsic
 from tl_spec.metrics.patterns import cross_correlations, entry_mask, head_correlations
 from tl_spec.metrics.stability import PooledStats, summarize
 from tl_spec.models import describe, model_id, random_init_like, require_pattern_hooks
@@ -284,13 +285,16 @@ class _Engine:
     """Per-block sums for every needed model pair, filled batch by batch; profiles from them."""
 
     def __init__(self, n_models: int, n_trained: int, measure: str, resid: bool, n_blocks: int,
-                 n_layers: int, n_heads: int, d_head: int, d_model: int) -> None:
+                 n_layers: int, n_heads: int, d_head: int, d_model: int,
+                 estimator: str = "exact") -> None:
         self.n_models, self.n_trained, self.measure = n_models, n_trained, measure
-        self.blocks, self.layers = n_blocks, n_layers
+        self.blocks, self.layers, self.estimator = n_blocks, n_layers, estimator
         self.null = list(range(n_trained, n_models))
         self.cross_pairs = [(a, b) for a in range(n_trained) for b in range(a + 1, n_models)]
-        self.stats = PooledStats("pattern" if measure == "pattern" else "cka", n_heads)
-        self.resid = PooledStats("cka", 1) if resid else None
+        kind = "cka" if estimator == "exact" else "hsic"
+        self.stats = PooledStats("pattern" if measure == "pattern" else kind, n_heads)
+        self.resid = PooledStats(kind, 1) if resid else None
+        self.skipped_tokens = 0  # in minibatches too short for the minibatch estimator (< 4)
         self._resampled: dict[bytes, dict[str, np.ndarray]] = {}
         g, lay, h = n_blocks, n_layers, n_heads
         if measure == "pattern":
@@ -302,13 +306,30 @@ class _Engine:
         if self.resid is not None:
             self._init_cka(self.resid, d_model, range(n_trained))
 
+    @staticmethod
+    def exact_bytes(n_models: int, n_trained: int, measure: str, resid: bool, n_blocks: int,
+                    n_layers: int, n_heads: int, d_head: int, d_model: int) -> int:
+        """Bytes of the exact estimator's per-block float64 sums (``estimator="auto"`` reads it)."""
+        def pairs(models: int) -> int:
+            return sum(1 for a in range(models) for b in range(models)
+                       if a == b or (a < b and a < n_trained))
+
+        width = n_heads * d_head
+        out = pairs(n_models) * width * width + n_models * width if measure == "output" else 0
+        res = pairs(n_trained) * d_model * d_model + n_trained * d_model if resid else 0
+        return 8 * n_blocks * n_layers * (out + res)
+
     def _init_cka(self, stats: PooledStats, width: int, models: Any) -> None:
         models = list(models)
         pairs = [(a, b) for a in models for b in models
                  if a == b or (a < b and a < self.n_trained)]
+        stats.n = np.zeros(self.blocks)
+        if stats.kind == "hsic":
+            h = stats.heads
+            stats.hsic = {p: np.zeros((self.blocks, self.layers, h, h)) for p in pairs}
+            return
         stats.cross = {p: np.zeros((self.blocks, self.layers, width, width)) for p in pairs}
         stats.totals = {a: np.zeros((self.blocks, self.layers, width)) for a in models}
-        stats.n = np.zeros(self.blocks)
 
     def add_patterns(self, blocks: list[int], feats: list[BatchFeatures], valid: list[torch.Tensor],
                      dtype: torch.dtype) -> None:
@@ -324,9 +345,11 @@ class _Engine:
                 np.add.at(self.stats.sums[pair][:, layer], index, np.where(ok, corr, 0.0))
                 np.add.at(self.stats.counts[pair][:, layer], index, ok)
 
-    @staticmethod
-    def add_cka(stats: PooledStats, blocks: list[int], acts: list[dict[int, torch.Tensor]],
+    def add_cka(self, stats: PooledStats, blocks: list[int], acts: list[dict[int, torch.Tensor]],
                 mask: torch.Tensor) -> None:
+        if stats.kind == "hsic":
+            self._add_hsic(stats, blocks, acts, mask)
+            return
         assert stats.n is not None
         index = torch.as_tensor(blocks, device=mask.device)
         for g in sorted(set(blocks)):
@@ -340,6 +363,32 @@ class _Engine:
                 for a, b in stats.cross:
                     xa, xb = flat[a][layer], flat[b][layer]
                     stats.cross[(a, b)][g, layer] += (xa.T @ xb).double().cpu().numpy()
+
+    def _add_hsic(self, stats: PooledStats, blocks: list[int],
+                  acts: list[dict[int, torch.Tensor]], mask: torch.Tensor) -> None:
+        """Minibatch CKA: a batch's prompts of one block are one minibatch (their tokens
+        together); its unbiased HSIC per head pair is added to that block."""
+        assert stats.n is not None
+        pairs = list(stats.hsic)
+        models = sorted({m for pair in pairs for m in pair})
+        index = torch.as_tensor(blocks, device=mask.device)
+        for g in sorted(set(blocks)):
+            rows = index == g
+            n = mask[rows].sum().reshape(1)
+            if int(n) < 4:
+                if stats is self.stats or self.measure == "pattern":  # count each token once
+                    self.skipped_tokens += int(n)
+                continue
+            stats.n[g] += 1.0
+            for layer in acts[0]:
+                feats = []
+                for m in models:
+                    x = acts[m][layer][rows]
+                    x = x[:, :, None, :] if x.dim() == 3 else x  # the residual stream: one "head"
+                    feats.append(x.flatten(0, 1)[None])
+                values = minibatch_hsic(feats, n, pairs)
+                for pair, v in values.items():
+                    stats.hsic[pair][g, layer] += v[0].double().cpu().numpy()
 
     def resample(self, idx: np.ndarray) -> dict[str, np.ndarray]:
         """The layer profiles over resampled blocks ``idx``, cached by the block weights (the
@@ -364,6 +413,20 @@ class _Engine:
         out["_sim"] = np.stack([sim[(a, b)] for a in range(self.n_trained)
                                 for b in range(a + 1, self.n_trained)])
         return out
+
+
+def _check_finite(feats: BatchFeatures, name: str, prompts: list[int], inputs: Inputs) -> None:
+    """Refuse a forward pass that turned NaN/Inf (it would drop or poison the prompt's sums)."""
+    if not prompts:
+        return
+    first = prompts[0]
+    shown = "" if inputs.texts is None else f" ({inputs.texts[first][:60]!r})"
+    raise TLSpecError(
+        f"model {name} produced NaN/Inf features on prompt {first}{shown} ({len(prompts)} "
+        "prompt(s) of this batch affected): head stability would drop or poison that prompt's "
+        "statistics; check the model's weights for NaN/Inf (or overflow in a low-precision "
+        "dtype), or leave the prompt out"
+    )
 
 
 def _bootstrap(engine: _Engine, names: Sequence[str], n_layers: int, *, confidence: float,
@@ -399,7 +462,10 @@ def head_stability(
     round-robin into ``n_blocks`` blocks, default one per prompt up to 20; BCa, percentile where
     BCa is undefined). Memory: one batch of features per model, plus for ``"output"`` per block
     and model pair ``layers x (heads d_head)^2`` float64 sums (``resid``: ``layers x
-    d_model^2``).
+    d_model^2``) with ``estimator="exact"``, or ``layers x heads^2`` with ``"minibatch"``
+    (``"auto"``, the default, picks exact while those sums fit in 1 GiB; see
+    :class:`~tl_spec.options.StabilityOptions`). A forward pass that turns NaN/Inf raises a
+    TLSpecError naming the model and prompt.
 
     Args:
         models: two or more TransformerLens models of one architecture (different seeds).
@@ -440,24 +506,32 @@ def _stability(trained: list[Any], given: list[Any], inputs: Inputs, opts: Stabi
              if isinstance(opts.null, int) else given)
     everyone = trained + nulls
     facts = describe(trained[0], seq_len=opts.max_length)
-    engine = _Engine(len(everyone), len(trained), measure, resid, n_blocks, facts.n_layers,
-                     facts.n_heads, facts.d_head, facts.d_model)
+    shape = (len(everyone), len(trained), measure, resid, n_blocks, facts.n_layers,
+             facts.n_heads, facts.d_head, facts.d_model)
+    estimator = opts.estimator_for(_Engine.exact_bytes(*shape))
+    engine = _Engine(*shape, estimator=estimator)
     keep = ("pattern",) if measure == "pattern" else ("output",)
     feats = [BatchFeatures(m, keep=keep + (("resid",) if resid and i < len(trained) else ()),
                            dtype=dtype) for i, m in enumerate(everyone)]
     device = model_device(trained[0])
+    # minibatch CKA: batches hold one block's prompts where they can (larger minibatches)
+    order = (sorted(range(n_prompts), key=lambda i: (i % n_blocks, i))
+             if estimator == "minibatch" and (measure == "output" or resid) else None)
     chunks = batches(tokenized, batch_size=opts.batch_size, pad_id=pad_id(trained[0]),
-                     device=device)
+                     device=device, order=order)
     if progress:
         from tqdm.auto import tqdm
 
         chunks = tqdm(chunks, total=-(-n_prompts // opts.batch_size), desc="stability",
                       unit="batch")
+    names = ([model_id(m) for m in trained]
+             + [f"random-init null copy {r} of {model_id(trained[0])}" for r in range(len(nulls))])
     for idx, tokens, mask in chunks:
-        for model, f in zip(everyone, feats, strict=True):
+        for i, (model, f) in enumerate(zip(everyone, feats, strict=True)):
             with torch.inference_mode(), model.hooks(fwd_hooks=f.bind(tokens, mask).fwd_hooks):
                 model(tokens.to(model_device(model)), attention_mask=torch.ones_like(mask),
                       return_type=None)
+            _check_finite(f, names[i], [idx[r] for r in f.nonfinite_rows()], inputs)
         blocks = [i % n_blocks for i in idx]
         if measure == "pattern":
             valid = [entry_mask(mask.bool(), region=opts.region, window=w) for w in facts.windows]
@@ -469,6 +543,11 @@ def _stability(trained: list[Any], given: list[Any], inputs: Inputs, opts: Stabi
                            mask.bool())
         for f in feats:
             f.clear()
+    if engine.skipped_tokens:
+        warnings.warn(f"{engine.skipped_tokens} tokens sit in minibatches of fewer than 4 tokens "
+                      "and are left out of minibatch CKA (its unbiased HSIC needs 4); pass "
+                      "longer prompts, a larger batch_size or estimator='exact'", TLSpecWarning,
+                      stacklevel=3)
     full = engine.profile()
     names = [n for n in PROFILES if n != "resid_cka" or resid]
     if not nulls:
@@ -485,6 +564,8 @@ def _stability(trained: list[Any], given: list[Any], inputs: Inputs, opts: Stabi
                     null=("random_init" if isinstance(opts.null, int) else "given"),
                     input="token ids" if inputs.from_tokens else "text",
                     interval="prompt-block bootstrap, BCa (percentile where undefined)")
+    if measure == "output" or resid:
+        settings.update(estimator=estimator, n_skipped_tokens=engine.skipped_tokens)
     result = StabilityResult(
         measure=measure, models=[model_id(m) for m in trained],
         null_models=([f"random-init({model_id(trained[0])}, seed={seed + 1 + r})"

@@ -98,6 +98,21 @@ class BatchFeatures(HookSet):
                 y = torch.where(valid[:, :, None], y, 0.0)
             self.resid[layer] = y
 
+    @torch.no_grad()
+    def nonfinite_rows(self) -> list[int]:
+        """Batch rows (prompts) whose kept features hold NaN or Inf (padding is zeroed, so only
+        real tokens count for ``output`` / ``resid``).
+
+        >>> feats.nonfinite_rows()  # after a forward pass  # doctest: +SKIP
+        []
+        """
+        bad: torch.Tensor | None = None
+        for store in (self.pattern, self.output, self.resid):
+            for x in store.values():
+                rows = ~torch.isfinite(x).flatten(1).all(1)
+                bad = rows if bad is None else bad | rows.to(bad.device)
+        return [] if bad is None else torch.nonzero(bad).flatten().tolist()
+
     def clear(self) -> None:
         """Drop the batch's features (call after reducing them)."""
         self.pattern, self.output, self.resid = {}, {}, {}

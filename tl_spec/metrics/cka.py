@@ -23,11 +23,14 @@ import torch
 from jaxtyping import Float
 
 __all__ = [
+    "HSIC_CHUNK_BYTES",
     "block_hsic",
     "cka_from_hsic",
     "centered_cross",
     "linear_cka",
+    "minibatch_hsic",
     "output_factors",
+    "unbiased_hsic_gram",
 ]
 
 
@@ -116,3 +119,101 @@ def output_factors(
     """
     u, s, _ = torch.linalg.svd(w_o, full_matrices=False)
     return u * s[..., None, :]
+
+
+#: Transient memory the minibatch HSIC may use per chunk of prompts (bytes), beyond one
+#: prompt's worth (a single prompt always fits, however long).
+HSIC_CHUNK_BYTES = 256 * 2**20
+
+
+def unbiased_hsic_gram(
+    k: Float[np.ndarray, "... n n"], l: Float[np.ndarray, "... n n"]
+) -> Float[np.ndarray, "..."]:
+    """Unbiased HSIC (Song et al., 2012) of two ``n x n`` kernel matrices, ``n >= 4``, directly.
+
+    ``[tr(K~ L~) + 1'K~1 1'L~1 / ((n-1)(n-2)) - 2/(n-2) 1'K~L~1] / (n(n-3))`` with ``K~``, ``L~``
+    the kernels with their diagonals set to zero.
+
+    >>> x = np.random.default_rng(0).normal(size=(30, 3))
+    >>> round(float(unbiased_hsic_gram(x @ x.T, x @ x.T)), 6) > 0
+    True
+    """
+    k = np.array(k, dtype=np.float64)
+    l_ = np.array(l, dtype=np.float64)
+    n = k.shape[-1]
+    idx = np.arange(n)
+    k[..., idx, idx] = 0.0
+    l_[..., idx, idx] = 0.0
+    tr = np.einsum("...ij,...ij->...", k, l_)
+    ks, ls = k.sum((-1, -2)), l_.sum((-1, -2))
+    kl = np.einsum("...i,...i->...", k.sum(-1), l_.sum(-1))
+    return (tr + ks * ls / ((n - 1) * (n - 2)) - 2.0 * kl / (n - 2)) / (n * (n - 3))
+
+
+def _hsic_terms(x: torch.Tensor, gram: bool) -> dict[str, torch.Tensor]:
+    """Per prompt and head, what unbiased linear HSIC needs of features ``x`` [b, p, h, d].
+
+    ``gram``: the kernel with zero diagonal ``kt`` [b, h, p, p]; otherwise the features and the
+    kernel's diagonal ``k`` [b, h, p]. Always ``r = K~ 1`` [b, h, p] and ``s = 1'K~1`` [b, h].
+    """
+    if gram:
+        kt = torch.einsum("bphd,bqhd->bhpq", x, x)
+        kt.diagonal(dim1=-2, dim2=-1).zero_()
+        r = kt.sum(-1)
+        return {"kt": kt, "r": r, "s": r.sum(-1)}
+    k = torch.einsum("bphd,bphd->bhp", x, x)
+    r = torch.einsum("bphd,bhd->bhp", x, x.sum(1)) - k
+    return {"x": x, "k": k, "r": r, "s": r.sum(-1)}
+
+
+def _hsic_pair(tx: dict[str, torch.Tensor], ty: dict[str, torch.Tensor],
+               n: torch.Tensor) -> torch.Tensor:
+    """Unbiased HSIC [b, hx, hy] of every head pair from two models' :func:`_hsic_terms`."""
+    if "kt" in tx:
+        tr = torch.einsum("bipq,bjpq->bij", tx["kt"], ty["kt"])
+    else:
+        cross = torch.einsum("bpid,bpje->bijde", tx["x"], ty["x"])
+        tr = cross.square().sum((-1, -2)) - torch.einsum("bip,bjp->bij", tx["k"], ty["k"])
+    n = n.to(tr.dtype)[:, None, None]
+    ss = tx["s"][:, :, None] * ty["s"][:, None, :]
+    rr = torch.einsum("bip,bjp->bij", tx["r"], ty["r"])
+    return (tr + ss / ((n - 1) * (n - 2)) - 2.0 * rr / (n - 2)) / (n * (n - 3))
+
+
+def minibatch_hsic(
+    feats: list[Float[torch.Tensor, "batch pos heads d"]],
+    n_tokens: Float[torch.Tensor, "batch"],
+    pairs: list[tuple[int, int]],
+    *,
+    chunk_bytes: int = HSIC_CHUNK_BYTES,
+) -> dict[tuple[int, int], Float[torch.Tensor, "batch heads heads"]]:
+    """Per prompt, the unbiased linear HSIC between every head of model ``a`` and of model ``b``.
+
+    ``feats[m]`` holds model ``m``'s per-head features with padded positions set to zero (zero
+    rows change none of the estimator's sums); ``n_tokens`` the real tokens per prompt (a prompt
+    with fewer than 4 gives NaN). Each prompt is one minibatch of minibatch CKA (Nguyen, Raghu &
+    Kornblith, 2021). Per chunk of prompts the kernels are ``pos x pos`` per head when ``pos <=
+    sqrt(heads) d`` (cheaper), otherwise the head-pair cross-covariances ``[heads d]^2`` are
+    formed; prompts go in chunks of at most ``chunk_bytes`` of either (at least one prompt), so
+    the transient memory is at most ``max(chunk_bytes, 8 models heads pos^2, 8 (heads d)^2)``
+    bytes, whatever the number of prompts.
+
+    >>> x = torch.randn(2, 9, 3, 4, dtype=torch.float64)
+    >>> h = minibatch_hsic([x, x], torch.tensor([9, 9]), [(0, 1)])[(0, 1)]
+    >>> h.shape, bool((torch.diagonal(h, dim1=1, dim2=2) > 0).all())
+    (torch.Size([2, 3, 3]), True)
+    """
+    b, p, h, d = feats[0].shape
+    gram = p * p <= h * d * d
+    models = sorted({m for pair in pairs for m in pair})
+    per_prompt = 8 * (len(models) * h * p * p if gram else h * h * d * d)
+    step = max(1, chunk_bytes // max(per_prompt, 1))
+    out: dict[tuple[int, int], list[torch.Tensor]] = {pair: [] for pair in pairs}
+    for start in range(0, b, step):
+        rows = slice(start, start + step)
+        terms = {m: _hsic_terms(feats[m][rows], gram) for m in models}
+        n = n_tokens[rows].to(feats[0].device)
+        for pair in pairs:
+            val = _hsic_pair(terms[pair[0]], terms[pair[1]], n)
+            out[pair].append(torch.where((n >= 4)[:, None, None], val, torch.nan))
+    return {pair: torch.cat(v) for pair, v in out.items()}

@@ -1,7 +1,8 @@
 """Head stability across models from pooled similarity statistics (pure maths, no model).
 
 Prompts are grouped into ``G`` blocks; per block the experiment adds up what a similarity needs
-(per-prompt pattern correlations and their counts, or cross-covariance sums for CKA). A
+(per-prompt pattern correlations and their counts, cross-covariance sums for exact CKA, or the
+per-prompt unbiased HSIC values of minibatch CKA). A
 similarity over any multiset of blocks (the data, or a bootstrap resample) is then a weighted
 sum: :class:`PooledStats` turns block weights into head x head similarity matrices and
 :func:`summarize` turns those into stability profiles with matching.
@@ -29,13 +30,17 @@ Pair = tuple[int, int]
 
 @dataclass
 class PooledStats:
-    """Per-block sums behind pairwise head similarities (``kind`` ``"pattern"`` or ``"cka"``).
+    """Per-block sums behind pairwise head similarities (``kind``: pattern, cka or hsic).
 
     ``pattern``: ``sums[pair]`` / ``counts[pair]`` ``[blocks, layers, heads, heads]`` hold the sum
     and number of defined per-prompt correlations (``pair == (a, a)`` is within model ``a``).
     ``cka``: ``cross[pair]`` ``[blocks, layers, D, D]`` sums of ``X_a^T X_b`` over tokens,
     ``totals[a]`` ``[blocks, layers, D]`` sums of ``X_a``, ``n`` ``[blocks]`` token counts; each
     model's ``D`` columns are ``heads`` equal blocks (one per head; 1 for the residual stream).
+    ``hsic`` (minibatch CKA, Nguyen et al. 2021): ``hsic[pair]`` ``[blocks, layers, heads, heads]``
+    sums of per-prompt unbiased HSIC values (``(a, a)`` for every model: its diagonal normalises)
+    and ``n`` ``[blocks]`` the number of prompts; CKA over weighted blocks is
+    ``sum HSIC_ab / sqrt(sum HSIC_aa sum HSIC_bb)`` (the means' counts cancel).
 
     >>> s = PooledStats("pattern", 1, {(0, 1): np.ones((2, 1, 1, 1))}, {(0, 1): np.ones((2, 1, 1, 1))})
     >>> s.similarity((0, 1), np.array([1.0, 3.0])).tolist()
@@ -48,6 +53,7 @@ class PooledStats:
     counts: dict[Pair, np.ndarray] = field(default_factory=dict)
     cross: dict[Pair, np.ndarray] = field(default_factory=dict)
     totals: dict[int, np.ndarray] = field(default_factory=dict)
+    hsic: dict[Pair, np.ndarray] = field(default_factory=dict)
     n: np.ndarray | None = None
 
     def similarity(
@@ -75,9 +81,14 @@ class PooledStats:
                 with np.errstate(invalid="ignore", divide="ignore"):
                     out[pair] = np.where(count > 0, total / count, np.nan)
             return out
+        models = sorted({m for pair in pairs for m in pair})
+        if self.kind == "hsic":
+            self_hsic = {m: np.diagonal(pooled(self.hsic[(m, m)]), axis1=-2, axis2=-1)
+                         for m in models}
+            return {(a, b): cka_from_hsic(pooled(self.hsic[(a, b)]), self_hsic[a], self_hsic[b])
+                    for a, b in pairs}
         assert self.n is not None
         n = float(wk @ self.n[keep])
-        models = sorted({m for pair in pairs for m in pair})
         totals = {m: pooled(self.totals[m]) for m in models}
 
         def hsic(a: int, b: int) -> np.ndarray:

@@ -24,11 +24,15 @@ from tl_spec.errors import TLSpecError
 from tl_spec.options.base import Options, option
 from tl_spec.options.si import Region, StatDtype, StatsOptions, _dtype_name
 
-__all__ = ["MEASURES", "Measure", "StabilityOptions", "StabilityStatsOptions",
-           "StabilityStudyOptions"]
+__all__ = ["ESTIMATORS", "EXACT_MAX_BYTES", "Estimator", "MEASURES", "Measure",
+           "StabilityOptions", "StabilityStatsOptions", "StabilityStudyOptions"]
 
 Measure = Literal["pattern", "output"]
 MEASURES: tuple[str, ...] = ("pattern", "output")
+Estimator = Literal["auto", "exact", "minibatch"]
+ESTIMATORS: tuple[str, ...] = ("auto", "exact", "minibatch")
+#: ``estimator="auto"`` uses the exact CKA while its per-block sums take at most this many bytes.
+EXACT_MAX_BYTES = 2**30
 
 _MEASURE_HELP = ("head similarity: pattern (correlation of attention patterns over valid "
                  "entries) or output (linear CKA of the heads' residual-stream contributions)")
@@ -62,9 +66,28 @@ class StabilityOptions(Options):
         prepend_bos: prepend BOS to text prompts; ``None`` follows the first model's default.
             Token inputs are used as given.
         stat_dtype: precision of the features kept inside the hooks.
+        estimator: how CKA (``measure="output"`` and ``resid``) is pooled. ``"exact"``: linear
+            CKA over all tokens of the resampled blocks, from per-block float64 sums of size
+            ``8 blocks layers (pairs (heads d_head)^2 + trained pairs d_model^2)`` bytes (pairs
+            with every model itself and the null models included). ``"minibatch"``: minibatch
+            CKA (Nguyen, Raghu & Kornblith, 2021): each prompt is a minibatch, its unbiased HSIC
+            (Song et al., 2012) per head pair is added to its block, and CKA is ``sum HSIC_ab /
+            sqrt(sum HSIC_aa sum HSIC_bb)``; the state is ``8 blocks layers pairs heads^2``
+            bytes and the transient at most ``max(256 MiB, 8 models heads max_length^2,
+            8 (heads d_head)^2)`` bytes, whatever the width. A minibatch is one block's prompts
+            within a batch (prompts are batched block by block), so it centres per minibatch
+            and weights pairs of tokens of one prompt heavily: it is a different estimator,
+            close to the exact one with minibatches of several prompts on trained models
+            (refits, 6 prompts: stability within 0.006) but far above it where position
+            structure dominates (random-init models on random tokens: +0.2 to +0.45); use
+            blocks of many prompts and a large ``batch_size``. Minibatches of fewer than 4
+            real tokens are left out (a warning says how many). ``"auto"``: exact while its
+            sums take at most 1 GiB (:data:`EXACT_MAX_BYTES`), minibatch above.
 
     >>> StabilityOptions.build(measure="output", n_blocks=4).to_dict()["n_blocks"]
     4
+    >>> StabilityOptions().estimator_for(2**31), StabilityOptions().estimator_for(2**20)
+    ('minibatch', 'exact')
     """
 
     family = "stability"
@@ -82,6 +105,9 @@ class StabilityOptions(Options):
     prepend_bos: bool | None = option(None, "prepend BOS to text prompts (default: the model's "
                                       "own setting)")
     stat_dtype: StatDtype = option("float64", "precision of the features inside the hooks")
+    estimator: Estimator = option("auto", "CKA estimator: exact (per-block cross-covariance "
+                                  "sums), minibatch (per-prompt unbiased HSIC, memory bounded) "
+                                  "or auto (exact while its sums fit in 1 GiB)")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stat_dtype", _dtype_name(self.stat_dtype))
@@ -98,6 +124,13 @@ class StabilityOptions(Options):
         import torch
 
         return getattr(torch, self.stat_dtype)
+
+    def estimator_for(self, exact_bytes: int) -> str:
+        """``"exact"`` or ``"minibatch"``: ``estimator``, or for ``"auto"`` the exact one while
+        its per-block sums (``exact_bytes``) fit in :data:`EXACT_MAX_BYTES`."""
+        if self.estimator != "auto":
+            return self.estimator
+        return "exact" if exact_bytes <= EXACT_MAX_BYTES else "minibatch"
 
     def blocks_for(self, n_prompts: int) -> int:
         """The number of bootstrap blocks for ``n_prompts`` prompts, checked against them.
