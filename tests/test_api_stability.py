@@ -262,7 +262,7 @@ def test_data_dependent_checks_come_before_any_forward_pass(models):
 def test_options_classes_defaults_and_flags():
     assert StabilityOptions.defaults() == dict(
         measure="pattern", null=2, resid=True, region="lower", max_length=128, batch_size=8,
-        n_blocks=None, prepend_bos=None, stat_dtype="float64")
+        n_blocks=None, prepend_bos=None, stat_dtype="float64", estimator="auto")
     assert StabilityStatsOptions.defaults() == dict(confidence=0.95, n_resamples=1000, seed=0)
     assert StabilityStudyOptions.defaults() == dict(measure="output", n_blocks=16, null=2)
     assert StabilityOptions(stat_dtype=torch.float32).torch_dtype is torch.float32

@@ -508,7 +508,15 @@ def _stability(trained: list[Any], given: list[Any], inputs: Inputs, opts: Stabi
     facts = describe(trained[0], seq_len=opts.max_length)
     shape = (len(everyone), len(trained), measure, resid, n_blocks, facts.n_layers,
              facts.n_heads, facts.d_head, facts.d_model)
-    estimator = opts.estimator_for(_Engine.exact_bytes(*shape))
+    exact_bytes = _Engine.exact_bytes(*shape)
+    estimator = opts.estimator_for(exact_bytes)
+    if opts.estimator == "auto" and estimator != "exact":
+        warnings.warn(
+            f"the exact CKA sums would take {exact_bytes / 2**30:.1f} GiB, so head stability uses "
+            "minibatch CKA (per-block unbiased HSIC, Nguyen et al. 2021): a different estimator, "
+            "whose values are not comparable with exact CKA; pass estimator='exact' or "
+            "'minibatch' to choose (result.settings['estimator'] records it)",
+            TLSpecWarning, stacklevel=2)
     engine = _Engine(*shape, estimator=estimator)
     keep = ("pattern",) if measure == "pattern" else ("output",)
     feats = [BatchFeatures(m, keep=keep + (("resid",) if resid and i < len(trained) else ()),
