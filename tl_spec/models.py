@@ -446,9 +446,10 @@ def probe_start_at_layer(model: Any) -> bool:
 
     Two rows of 8 tokens, the second left-padded by 3 (so mask-derived positions are checked
     too); the residual entering layer ``n_layers // 2`` is captured in the full run and fed to
-    :func:`forward_from_layer`. The comparison is exact (``torch.equal``, no tolerance): both
-    runs do the same arithmetic from that layer on, so any difference means the resumed forward
-    is not the same computation. Any exception (a backend without ``start_at_layer``) is False.
+    :func:`forward_from_layer`, then the full forward runs once more (the resumed one must leave
+    nothing behind). The comparisons are exact (``torch.equal``, no tolerance): the runs do the
+    same arithmetic from that layer on, so any difference means the resumed forward is not the
+    same computation. Any exception (a backend without ``start_at_layer``) is False.
 
     >>> probe_start_at_layer(model)  # doctest: +SKIP
     True
@@ -470,7 +471,8 @@ def probe_start_at_layer(model: Any) -> bool:
                                         fwd_hooks=[(hook_name("resid_pre", layer), grab)])
             resumed = forward_from_layer(model, got["resid"], layer, tokens=tokens,
                                          attention_mask=mask, return_type="logits")
-        return bool(torch.equal(full, resumed))
+            again = model(tokens, attention_mask=mask, return_type="logits")  # nothing left over
+        return bool(torch.equal(full, resumed) and torch.equal(full, again))
     except Exception:  # noqa: BLE001 - any failure means "cannot resume here"
         return False
 
@@ -529,8 +531,8 @@ def _pass_through(blocks: list[Any]) -> Any:
     """Make ``blocks`` return their input unchanged (an instance ``forward``) for the duration."""
     patched = [b for b in blocks if "forward" not in vars(b)]
     try:
-        for block in patched:
-            block.forward = _hidden_states
+        for block in patched:  # object's setattr: the bridge's would pass it to the HF module
+            object.__setattr__(block, "forward", _hidden_states)
         yield
     finally:
         for block in patched:

@@ -158,15 +158,17 @@ def _nonfinite_clean(model: Any, tokens: torch.Tensor, mask: torch.Tensor) -> st
     n_layers = int(model.cfg.n_layers)
     first: list[str] = []
 
-    def check(x: torch.Tensor, hook: Any) -> None:
-        if not first and not bool(torch.isfinite(x[mask.bool()]).all()):
-            first.append(hook.name)
+    def check(name: str) -> Any:
+        def hook(x: torch.Tensor, hook: Any = None) -> None:
+            if not first and not bool(torch.isfinite(x[mask.bool()]).all()):
+                first.append(name)
+        return hook
 
     names = ["hook_embed"] + [hook_name("resid_post", layer) for layer in range(n_layers)]
     names = [n for n in names if n in model.hook_dict]
     with torch.inference_mode():
         model.run_with_hooks(tokens, attention_mask=torch.ones_like(mask), return_type=None,
-                             fwd_hooks=[(n, check) for n in names])
+                             fwd_hooks=[(n, check(n)) for n in names])
     where = (f"the residual stream is first non-finite at {first[0]}" if first else
              "the residual stream is finite, so the final norm or the unembedding breaks")
     return ("the clean run gives a non-finite loss (NaN or Inf), so no head's loss increase is "
