@@ -16,7 +16,7 @@ import torch
 
 import tl_spec
 
-__all__ = ["MODEL", "default_backend", "load", "setup_line", "sync", "time_interleaved"]
+__all__ = ["MODEL", "available_backends", "default_backend", "load", "setup_line", "sync", "time_interleaved"]
 
 #: The benchmark model: a local random-init Llama-style checkpoint (GQA 8:2, d_model 512, 8 layers).
 MODEL = dict(arch="llama-gqa", num_hidden_layers=8, hidden_size=512, intermediate_size=1408,
@@ -52,6 +52,11 @@ def default_backend() -> str:
     except ImportError:
         return "bridge"
     return "hooked"
+
+
+def available_backends() -> list[str]:
+    """Every backend this TransformerLens can load: ``["hooked", "bridge"]`` on 3.x, else ``["bridge"]``."""
+    return ["hooked", "bridge"] if default_backend() == "hooked" else ["bridge"]
 
 
 def time_interleaved(conds: dict, device: str, warmup: int, repeats: int,

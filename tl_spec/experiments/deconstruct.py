@@ -7,8 +7,9 @@ bootstrap interval over texts, together with the SI (``pattern``) of the layers 
 standard attention: does specialization redistribute when other layers lose theirs?
 
 Batches run once clean (recording each text's loss, SI and the residual stream where later
-conditions start) and then once per condition; on ``HookedTransformer`` a condition whose first
-changed layer is ``f`` starts at ``f`` from the clean residual stream (prefix reuse).
+conditions start) and then once per condition; where the model can resume mid-way
+(:func:`~tl_spec.models.can_start_at_layer`) a condition whose first changed layer is ``f``
+starts at ``f`` from the clean residual stream (prefix reuse).
 
 Texts are strings or token ids (a ``[batch, pos]`` tensor with an optional ``attention_mask``, or
 a list of 1-D tensors); options are :class:`~tl_spec.options.deconstruct.DeconstructOptions`
@@ -36,7 +37,8 @@ from tl_spec.experiments.importance import token_losses
 from tl_spec.hooks.capture import PatternStats
 from tl_spec.hooks.variants import AttentionVariant, resolve_variant_layers, static_patterns
 from tl_spec.metrics.specialization import si_from_correlations
-from tl_spec.models import can_start_at_layer, model_id, require_pattern_hooks
+from tl_spec.models import (can_start_at_layer, forward_from_layer, model_id,
+                            require_pattern_hooks)
 from tl_spec.names import hook_name
 from tl_spec.options.deconstruct import DeconstructOptions, check_placement
 from tl_spec.records import Result, array, provenance
@@ -265,8 +267,8 @@ def _measure(model: Any, inputs: Inputs, hooks: dict[tuple[str, str], AttentionV
             variant.bind(tokens, mask)
             with torch.inference_mode(), model.hooks(fwd_hooks=variant.fwd_hooks + extra):
                 if start > 0:
-                    logits = model(grabbed[start], start_at_layer=start, tokens=tokens,
-                                   attention_mask=ones, return_type="logits")
+                    logits = forward_from_layer(model, grabbed[start], start, tokens=tokens,
+                                                attention_mask=ones, return_type="logits")
                 else:
                     logits = model(tokens, attention_mask=ones, return_type="logits")
             nll[key][idx] = token_losses(logits, tokens, mask)[0].cpu().numpy()

@@ -3,8 +3,9 @@
 One clean pass collects the loss and every head's mean output ``z`` over the real tokens of the
 data. Then, layer by layer, the batch is repeated once per head and each copy ablates a
 different head at ``blocks.{l}.attn.hook_z`` (set to the head's data mean, or to zero), so a
-layer's heads cost one forward call, not one per head. On ``HookedTransformer`` the ablated
-passes start at layer ``l`` from the clean residual stream (``start_at_layer``).
+layer's heads cost one forward call, not one per head. Where the model can resume mid-way
+(:func:`~tl_spec.models.can_start_at_layer`) the ablated passes start at layer ``l`` from the
+clean residual stream (:func:`~tl_spec.models.forward_from_layer`).
 
 Prompts are text (a list of strings or a PromptSet) or token ids (a ``[batch, pos]`` tensor with
 an optional ``attention_mask``, or a list of 1-D tensors); options are
@@ -28,7 +29,8 @@ from jaxtyping import Float, Int
 
 from tl_spec.errors import TLSpecError
 from tl_spec.running import model_device
-from tl_spec.models import can_start_at_layer, model_id, require_pattern_hooks
+from tl_spec.models import (can_start_at_layer, forward_from_layer, model_id,
+                            require_pattern_hooks)
 from tl_spec.names import head_label, hook_name
 from tl_spec.options.importance import ABLATIONS, ImportanceOptions
 from tl_spec.records import Result, array, provenance
@@ -151,6 +153,29 @@ def token_losses(
     return (nll * keep).sum(-1), keep.sum(-1)
 
 
+def _nonfinite_clean(model: Any, tokens: torch.Tensor, mask: torch.Tensor) -> str:
+    """The message for a clean run whose loss is NaN/Inf: where the residual stream first breaks."""
+    n_layers = int(model.cfg.n_layers)
+    first: list[str] = []
+
+    def check(name: str) -> Any:
+        def hook(x: torch.Tensor, hook: Any = None) -> None:
+            if not first and not bool(torch.isfinite(x[mask.bool()]).all()):
+                first.append(name)
+        return hook
+
+    names = ["hook_embed"] + [hook_name("resid_post", layer) for layer in range(n_layers)]
+    names = [n for n in names if n in model.hook_dict]
+    with torch.inference_mode():
+        model.run_with_hooks(tokens, attention_mask=torch.ones_like(mask), return_type=None,
+                             fwd_hooks=[(n, check(n)) for n in names])
+    where = (f"the residual stream is first non-finite at {first[0]}" if first else
+             "the residual stream is finite, so the final norm or the unembedding breaks")
+    return ("the clean run gives a non-finite loss (NaN or Inf), so no head's loss increase is "
+            f"defined; {where}. Check the model's weights (a NaN/Inf parameter) and dtype "
+            "(float32 avoids most overflows).")
+
+
 def head_importance(
     model: Any,
     prompts: PromptInput = None,
@@ -227,9 +252,11 @@ def head_importance(
             current["mask"] = mask
             logits = model(tokens, attention_mask=torch.ones_like(mask), return_type="logits")
             total, n = token_losses(logits, tokens, mask)
-            clean_total += float(total.sum())
-            clean_n += float(n.sum())
-            count += mask.sum().to(torch.float64).cpu()
+        if not bool(torch.isfinite(total).all()):
+            raise TLSpecError(_nonfinite_clean(model, tokens, mask))
+        clean_total += float(total.sum())
+        clean_n += float(n.sum())
+        count += mask.sum().to(torch.float64).cpu()
     if clean_n == 0:
         raise TLSpecError("the texts give no next-token predictions; pass texts of 2+ tokens")
     means = {layer: (z_sum[layer] / count.to(z_sum[layer].device)) for layer in range(n_layers)}
@@ -261,12 +288,20 @@ def head_importance(
                 ones = torch.ones_like(rep_mask)
                 if (b, layer) in resid:
                     x = resid[(b, layer)].repeat(len(heads), 1, 1)
-                    logits = model(x, start_at_layer=layer, tokens=rep, attention_mask=ones,
-                                   return_type="logits")
+                    logits = forward_from_layer(model, x, layer, tokens=rep,
+                                                attention_mask=ones, return_type="logits")
                 else:
                     logits = model(rep, attention_mask=ones, return_type="logits")
                 total, _ = token_losses(logits, rep, rep_mask)
                 totals += total.view(len(heads), -1).sum(-1).cpu().numpy()
+        bad = [h for h, t in zip(heads, totals) if not np.isfinite(t)]
+        if bad:
+            raise TLSpecError(
+                f"{ablation}-ablating head {head_label(layer, bad[0])} gives a non-finite loss "
+                f"(NaN or Inf; {len(bad)} of layer {layer}'s heads in this pass) although the "
+                f"clean loss is finite ({clean:.4f}), so its importance is undefined; check the "
+                "model's weights and dtype (float32 avoids most overflows), or leave this "
+                "ablation out")
         out.setdefault(ablation, np.zeros((n_layers, n_heads)))[layer, heads] = totals / clean_n - clean
     settings = dict(opts.to_dict(), heads_per_pass=per_pass, n_texts=len(inputs),
                     n_truncated=tokenized.n_truncated, prefix_reuse=can_start,

@@ -6,12 +6,14 @@
 - Conditions that differ only in seed run together: rows are (prompt, seed) pairs, grouped by
   length into batches of at most ``batch_size`` rows with the least padded work
   (:func:`~tl_spec.tokens.plan_batches`).
-- On ``HookedTransformer`` each noised forward starts at the first noised layer from the cached
-  residual (``start_at_layer``); statistics of earlier layers are the clean ones. A group whose
+- Where the model can resume mid-way (:func:`~tl_spec.models.can_start_at_layer`: a probe that
+  the resumed forward is bit-identical; ``HookedTransformer`` and TransformerLens 4's bridge)
+  each noised forward starts at the first noised layer from the cached residual
+  (:func:`~tl_spec.models.forward_from_layer`); statistics of earlier layers are the clean ones. A group whose
   noised layers extend another group's (``all`` extends ``early``) starts where that one's
   noise ends, from the residual captured in that run (the noise is a pure function of seed,
-  prompt, layer and site, so it is the same residual). The bridge cannot start mid-way
-  (TransformerLens raises), so there the forward is whole.
+  prompt, layer and site, so it is the same residual). Elsewhere (TransformerLens 3's bridge
+  raises on ``start_at_layer``) the forward is whole.
 - Statistics are reduced inside the hooks.
 
 ``fast=False`` runs every condition separately from scratch (the plain path the fast one is
@@ -35,7 +37,7 @@ from tl_spec.running import model_device
 from tl_spec.hooks.capture import PatternStats
 from tl_spec.hooks.noising import NoiseHooks, prompt_key, site_hook_name
 from tl_spec.metrics.patterns import Region
-from tl_spec.models import can_start_at_layer
+from tl_spec.models import can_start_at_layer, forward_from_layer
 from tl_spec.names import hook_name
 from tl_spec.options.si import SIOptions
 from tl_spec.tokens import PaddingSide, Tokenized, pad_batch, pad_id, plan_batches
@@ -147,8 +149,9 @@ class _Runner:
                 return_type = "logits" if self.loss else None
                 if start > 0 and self.can_start and resid is not None:
                     x = _pad_resid([resid[row] for row in chunk], mask)
-                    logits = self.model(x, start_at_layer=start, tokens=tokens,
-                                        attention_mask=model_mask, return_type=return_type)
+                    logits = forward_from_layer(self.model, x, start, tokens=tokens,
+                                                attention_mask=model_mask,
+                                                return_type=return_type)
                 else:
                     logits = self.model(tokens, attention_mask=model_mask, return_type=return_type)
             self.forwards[kind] += 1
