@@ -7,7 +7,7 @@ condition per layer) = 5 x (2 + 8) = 50 conditions. Compared, interleaved, media
 - ``needed``: bare forwards (no hooks, ``inference_mode``) over the same batches: one clean pass
   plus one over the reference texts for ``static`` (here the texts themselves), plus, per
   condition, the layers it must run: from its first changed layer on (what prefix reuse
-  needs where the model can resume mid-way, ``tl_spec.models.can_start_at_layer``; the full
+  needs where the model can resume mid-way, ``tl_spec.resume.can_start_at_layer``; the full
   model elsewhere). Measured as full forwards and
   scaled by the fraction of layers each condition runs, since a partial forward costs its layers
   (embedding and unembedding counted once per pass, which favours the baseline).
@@ -33,7 +33,7 @@ import tl_spec
 from common import MODEL, default_backend, load, time_interleaved
 from tl_spec.experiments.deconstruct import expand_placements
 from tl_spec.hooks.variants import VARIANTS
-from tl_spec.models import can_start_at_layer
+from tl_spec.resume import can_start_at_layer
 from tl_spec.prompts import E06_TEXTS, STANDARD_10
 from tl_spec.results import atomic_write_text, versions
 from tl_spec.tokens import pad_batch, pad_id, tokenize

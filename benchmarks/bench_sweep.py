@@ -10,7 +10,7 @@ given with ``--backend``. Conditions per backend, each timed end to end:
 
 1. ``fast``: ``probe_sweep(model, STANDARD_10, method="entropy_profile")`` (the sweep engine:
    one clean run, seeds batched together, each noised forward starting at the region's first
-   layer from the cached residual where ``tl_spec.models.can_start_at_layer`` says the model
+   layer from the cached residual where ``tl_spec.resume.can_start_at_layer`` says the model
    can resume mid-way).
 2. ``plain``: the same with ``fast=False`` (every cell from scratch; for information).
 3. ``reference``: the notebooks' route. Hugging Face eager model, one prompt per forward,
@@ -21,7 +21,7 @@ given with ``--backend``. Conditions per backend, each timed end to end:
    so only the clean SI and the sigma = 0 cells are checked against tl_spec's clean SI.
 4. ``floor``: the bare forward passes the fast path runs, replayed with no hooks: the engine
    records every forward (kind, start layer, rows) in ``SweepStats.forward_plan``; the floor
-   runs the same batches from the same layers (``tl_spec.models.forward_from_layer``, residual
+   runs the same batches from the same layers (``tl_spec.resume.forward_from_layer``, residual
    of the right shape built outside the timed section). The number of forwards is asserted
    equal to ``SweepResult.settings["forwards"]``.
 
@@ -50,7 +50,8 @@ import numpy as np
 import torch
 
 import tl_spec
-from tl_spec.models import backend_name, can_start_at_layer, forward_from_layer
+from tl_spec.models import backend_name
+from tl_spec.resume import can_start_at_layer, forward_from_layer
 from tl_spec.prompts import STANDARD_10
 from tl_spec.tokens import pad_batch, pad_id, tokenize
 from tl_spec.zoo.tiny import build_random_checkpoint

@@ -289,7 +289,9 @@ def test_pattern_stats_is_a_hookset_bound_per_batch(tl_model):
     assert isinstance(stats, HookSet)
     names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
     assert names == [pattern_hook_name(x) for x in range(len(names))]
-    checks = [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)]
+    last = model.cfg.n_layers - 1
+    checks = [f"blocks.{layer}.hook_{'attn_out' if layer == last else 'resid_post'}"
+              for layer in range(model.cfg.n_layers)]
     assert [name for name, _ in stats] == names + checks  # patterns, then the finiteness checks
     assert stats.bind(tokens, mask) is stats and stats.attention_mask is mask
     with torch.inference_mode(), model.hooks(fwd_hooks=[*stats]):

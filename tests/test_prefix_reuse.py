@@ -24,7 +24,7 @@ from tl_spec.experiments.importance import head_importance
 from tl_spec.experiments.sweep import NoiseCondition, run_sweep
 from tl_spec.hooks import resolve_layers
 from tl_spec.hooks.capture import PatternStats
-from tl_spec.models import can_start_at_layer, forward_from_layer, probe_start_at_layer
+from tl_spec.resume import can_start_at_layer, forward_from_layer, probe_start_at_layer
 from tl_spec.prompts import STANDARD_10
 from tl_spec.running import stop_hook
 from tl_spec.tokens import tokenize
@@ -78,7 +78,7 @@ def test_probe_answers_per_backend_and_resumes_exactly(tl_model, arch, backend):
 def test_probe_is_cached_and_says_false_for_look_alikes(tl_model):
     model = tl_model("llama-gqa", "hooked" if "hooked" in LOADABLE else "bridge")
     assert can_start_at_layer(model)
-    assert tl_spec.models._RESUME_PROBED[model] is True  # probed once, then read back
+    assert tl_spec.resume._RESUME_PROBED[model] is True  # probed once, then read back
     assert not can_start_at_layer(object())
 
 

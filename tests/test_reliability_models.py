@@ -184,7 +184,7 @@ def test_unreachable_hub_fails_fast_with_the_three_options(tmp_path, monkeypatch
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
-    monkeypatch.setattr(tl_spec.models, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(tl_spec.checkpoints, "hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(TLSpecError) as err:
         tl_spec.load_model("some-org/some-model", backend="bridge")
     msg = str(err.value)
@@ -198,7 +198,7 @@ _HUB_SCRIPT = textwrap.dedent("""
     warnings.simplefilter("ignore")
     import tl_spec, tl_spec.models
     if sys.argv[1] == "no-network":  # HF_HUB_OFFLINE unset, the probe finds no hub
-        tl_spec.models._hub_reachable = lambda timeout=3.0: False
+        tl_spec.checkpoints.hub_reachable = lambda timeout=3.0: False
     out = {}
     prompts = ["The cat sat on the mat today", "A second prompt for the test"]
     local = tl_spec.load_model(sys.argv[2], backend="bridge")

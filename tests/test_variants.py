@@ -181,7 +181,7 @@ def test_deconstruct_study_and_prefix_reuse(tiny_checkpoints, tmp_path):
                                n_resamples=200)
                for be in LOADABLE}
     bridge = results["bridge"]
-    # the bridge resumes mid-way from TransformerLens 4 on (models.probe_start_at_layer)
+    # the bridge resumes mid-way from TransformerLens 4 on (resume.probe_start_at_layer)
     assert bridge.settings["prefix_reuse"] == (int(version("transformer-lens").split(".")[0]) >= 4)
     assert len(bridge.rows) == 3 * (2 + 3)
     if HAS_HOOKED:
@@ -300,7 +300,8 @@ def test_variant_models_in_null_copies_and_ablations(tmp_path):
     from ablation_reference import zero_ablation_loss_change
 
     from tl_spec.experiments.importance import head_importance
-    from tl_spec.models import can_start_at_layer, random_init_like
+    from tl_spec.models import random_init_like
+    from tl_spec.resume import can_start_at_layer
 
     zoo.build("variants", out=tmp_path, only=["var-decoupled-hybrid2-s0"], max_steps=3,
               progress=False)

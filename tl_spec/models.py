@@ -24,16 +24,15 @@ import json
 import os
 import tempfile
 import warnings
-import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
-from jaxtyping import Float, Int
 
 from tl_spec.errors import TLSpecError, TLSpecWarning
+from tl_spec import checkpoints
 from tl_spec.names import hook_name
 
 __all__ = [
@@ -47,10 +46,8 @@ __all__ = [
     "layer_windows",
     "load_model",
     "model_id",
-    "can_start_at_layer",
-    "forward_from_layer",
-    "probe_start_at_layer",
     "random_init_like",
+    "tl_major",
     "register_checkpoint_extension",
     "resolve_dtype",
     "require_pattern_hooks",
@@ -170,6 +167,11 @@ def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     return _DTYPES[key]
 
 
+def tl_major() -> int:
+    """The installed TransformerLens major version."""
+    return _tl_major()
+
+
 def _tl_major() -> int:
     return int(_tl_version().split(".")[0])
 
@@ -180,217 +182,6 @@ def _has_hooked() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _is_local(name: str) -> bool:
-    return Path(name).expanduser().is_dir()
-
-
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                 "pytorch_model.bin.index.json")
-#: Files any one of which lets transformers build the checkpoint's tokenizer.
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt",
-                    "spiece.model", "tokenizer.tiktoken")
-_SAVE_HINT = ("rewrite the directory with save_pretrained (model and tokenizer), or copy it "
-              "again from where it came from")
-
-
-def _check_local_dir(path: Path) -> None:
-    """Cheap checks of a checkpoint directory before anything loads: config and weight files.
-
-    ``config.json`` must be a JSON object with a ``model_type``; the weights must be there (a
-    single file or an index and all its shards) and every safetensors file whole (its header's
-    last offset must match the file size).
-    """
-    config_file = path / "config.json"
-    if not config_file.exists():
-        raise TLSpecError(
-            f"{path} is a directory but has no config.json, so it is not a Hugging Face "
-            "checkpoint; point at the directory written by save_pretrained (config, weights and "
-            "tokenizer together)."
-        )
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TLSpecError(f"{config_file} is not valid JSON ({exc}); {_SAVE_HINT}.") from exc
-    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
-        raise TLSpecError(
-            f"{config_file} has no \"model_type\" entry, so transformers cannot tell the "
-            f"architecture (e.g. \"llama\", \"gpt2\"); add it or {_SAVE_HINT}."
-        )
-    found = [name for name in _WEIGHT_FILES if (path / name).exists()]
-    if not found:
-        raise TLSpecError(
-            f"{path} holds no weights (none of {', '.join(_WEIGHT_FILES)}); {_SAVE_HINT}."
-        )
-    for name in found:
-        if name.endswith(".index.json"):
-            _check_index(path / name)
-        elif name.endswith(".safetensors"):
-            _check_safetensors(path / name)
-
-
-def _check_index(index_file: Path) -> None:
-    try:
-        shards = set(json.loads(index_file.read_text(encoding="utf-8"))["weight_map"].values())
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-        raise TLSpecError(f"the weight index {index_file} is damaged ({exc}); {_SAVE_HINT}.") from exc
-    missing = sorted(s for s in shards if not (index_file.parent / s).exists())
-    if missing:
-        raise TLSpecError(
-            f"{index_file.parent} lacks {len(missing)} weight shard(s) its index lists "
-            f"({', '.join(missing[:3])}); the copy is incomplete: {_SAVE_HINT}."
-        )
-    for shard in sorted(shards):
-        if shard.endswith(".safetensors"):
-            _check_safetensors(index_file.parent / shard)
-
-
-def _check_safetensors(file: Path) -> None:
-    """Raise unless ``file``'s size is exactly what its safetensors header says (not truncated)."""
-    size = file.stat().st_size
-    try:
-        with open(file, "rb") as fh:
-            n_header = int.from_bytes(fh.read(8), "little")
-            if size < 8 or n_header > size - 8:
-                raise ValueError("the header is cut off")
-            header = json.loads(fh.read(n_header))
-        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
-                  default=0)
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
-        raise TLSpecError(
-            f"the weight file {file} is damaged ({exc}); {_SAVE_HINT}."
-        ) from exc
-    if 8 + n_header + end != size:
-        raise TLSpecError(
-            f"the weight file {file} has {size} bytes but its header describes "
-            f"{8 + n_header + end}: it is truncated or damaged (an interrupted copy or download?); "
-            f"{_SAVE_HINT}."
-        )
-
-
-def _has_tokenizer(path: Path) -> bool:
-    return any((path / name).exists() for name in _TOKENIZER_FILES)
-
-
-def _placeholder_tokenizer() -> Any:
-    """A one-word tokenizer to boot a checkpoint that has none (removed after loading)."""
-    from tokenizers import Tokenizer, models
-    from transformers import PreTrainedTokenizerFast
-
-    return PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")))
-
-
-def _hub_problem(name: str, why: str) -> TLSpecError:
-    return TLSpecError(
-        f"cannot load {name!r}: it is not a local directory, and {why}. Use one of: (1) a local "
-        "checkpoint directory (config.json, weights and tokenizer, as save_pretrained writes "
-        "them); (2) a zoo model name from `tl-spec zoo list` (tl_spec.zoo.load(name) in "
-        "Python); (3) a hub name that is reachable (network on, HF_HUB_OFFLINE unset) or already "
-        "in the Hugging Face cache (HF_HOME / HF_HUB_CACHE)."
-    )
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick TCP connection to the hub's endpoint (no retries); behind a proxy, assume yes."""
-    import socket
-    from urllib.parse import urlparse
-    from urllib.request import getproxies
-
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    if url.scheme in getproxies() or "all" in getproxies():  # the loader goes through the proxy
-        return True
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname or "", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _check_hub_name(names: list[str]) -> bool:
-    """Fail fast if no name in ``names`` can be had; return whether to load from the cache only.
-
-    Offline (``HF_HUB_OFFLINE``) or with the hub unreachable, a name must be in the Hugging Face
-    cache; a reachable hub is left to the loader.
-    """
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    def cached() -> bool:
-        return any(isinstance(try_to_load_from_cache(n, "config.json"), str) for n in names)
-
-    if constants.is_offline_mode():
-        if not cached():
-            raise _hub_problem(names[0], "HF_HUB_OFFLINE is set while the Hugging Face cache "
-                               f"({constants.HF_HUB_CACHE}) holds no copy of it")
-        return False
-    if _hub_reachable():
-        return False
-    if not cached():
-        raise _hub_problem(names[0], f"the Hugging Face hub ({constants.ENDPOINT}) cannot be "
-                           f"reached while its cache ({constants.HF_HUB_CACHE}) holds no copy of it")
-    return True
-
-
-@contextlib.contextmanager
-def _hub_offline(enabled: bool) -> Any:
-    """Make huggingface_hub read only its cache (as HF_HUB_OFFLINE=1 would), then restore."""
-    from huggingface_hub import constants
-
-    was = constants.HF_HUB_OFFLINE
-    if enabled:
-        constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = was
-
-
-def _fix_tl_config(config: dict[str, Any]) -> dict[str, Any]:
-    """What TransformerLens 3's config converter needs that transformers 5 configs dropped."""
-    if config.get("model_type") == "gpt2":  # transformers 5 dropped the n_ctx alias TL reads
-        config.setdefault("n_ctx", config.get("n_positions", 1024))
-    return config
-
-
-@contextlib.contextmanager
-def _tl_hub_config_fixes() -> Any:
-    """During a hub load, hand TransformerLens' config converter configs with :func:`_fix_tl_config`."""
-    import transformer_lens.loading_from_pretrained as loading
-
-    original = loading.AutoConfig
-
-    class _FixedAutoConfig:
-        @staticmethod
-        def from_pretrained(*args: Any, **kwargs: Any) -> Any:
-            config = original.from_pretrained(*args, **kwargs)
-            for key, value in _fix_tl_config(config.to_dict()).items():
-                if key == "n_ctx" and getattr(config, key, None) is None:
-                    setattr(config, key, value)
-            return config
-
-    loading.AutoConfig = _FixedAutoConfig
-    try:
-        yield
-    finally:
-        loading.AutoConfig = original
-
-
-def _load_failed(name: str, local: bool, backend: str, exc: Exception) -> TLSpecError:
-    what = f"the checkpoint directory {name}" if local else f"the hub model {name!r}"
-    other = "hooked" if backend == "bridge" else "bridge"
-    fix = (f"if the directory is incomplete or damaged, {_SAVE_HINT}; if it is whole, this "
-           f"backend may not support its architecture: try backend={other!r}" if local else
-           "check the name (as on huggingface.co), your access to it, and that the network or "
-           "the Hugging Face cache holds it; or use a local directory or a zoo name "
-           "(`tl-spec zoo list`)")
-    return TLSpecError(
-        f"{what} could not be loaded with backend={backend!r} ({type(exc).__name__}: "
-        f"{str(exc).strip()[:400]}); {fix}."
-    )
 
 
 def load_model(
@@ -425,9 +216,9 @@ def load_model(
     dtype = resolve_dtype(dtype) or torch.float32
     if backend not in ("auto", "bridge", "hooked"):
         raise TLSpecError(f"unknown backend {backend!r}; use 'auto', 'bridge' or 'hooked'")
-    local = _is_local(name)
+    local = checkpoints.is_local(name)
     if local:
-        _check_local_dir(Path(name).expanduser())
+        checkpoints.check_local_dir(Path(name).expanduser())
     elif os.sep in name and not name.count("/") == 1:
         raise TLSpecError(
             f"{name!r} is neither an existing directory nor a hub name like 'org/model'; check "
@@ -451,14 +242,14 @@ def load_model(
             record = extension.read(Path(name).expanduser())
             if record is not None:
                 carried.append((extension, record))
-        tokenizer = "tokenizer" in kwargs or _has_tokenizer(Path(name).expanduser())
+        tokenizer = "tokenizer" in kwargs or checkpoints.has_tokenizer(Path(name).expanduser())
     else:
         names = [name]
         if backend == "hooked":
             names.append(_official_name(name))
-        cache_only = _check_hub_name(names)
+        cache_only = checkpoints.check_hub_name(names)
     try:
-        with _quiet_hf(), _hub_offline(cache_only):
+        with _quiet_hf(), checkpoints.hub_offline(cache_only):
             if backend == "bridge":
                 model = _load_bridge(name, dtype, device, kwargs, tokenizer=tokenizer)
             else:
@@ -466,15 +257,15 @@ def load_model(
     except TLSpecError:
         raise
     except (OSError, ValueError, KeyError) as exc:
-        raise _load_failed(name, local, backend, exc) from exc
+        raise checkpoints.load_failed(name, local, backend, exc) from exc
     except Exception as exc:
         if type(exc).__name__ != "SafetensorError":
             raise
-        raise _load_failed(name, local, backend, exc) from exc
+        raise checkpoints.load_failed(name, local, backend, exc) from exc
     if not tokenizer:
         model.tokenizer = None
         warnings.warn(
-            f"{name} has no tokenizer files ({', '.join(_TOKENIZER_FILES)}): the model is loaded "
+            f"{name} has no tokenizer files ({', '.join(checkpoints.TOKENIZER_FILES)}): the model is loaded "
             "without one and takes token ids only (a [batch, pos] integer tensor or a list of "
             "1-D tensors); save the tokenizer into the directory to use text prompts.",
             TLSpecWarning,
@@ -533,12 +324,12 @@ def _load_bridge(name: str, dtype: torch.dtype, device: Any, kwargs: dict[str, A
     from transformer_lens.model_bridge import TransformerBridge
 
     if not tokenizer and kwargs.get("tokenizer") is None:
-        kwargs = dict(kwargs, tokenizer=_placeholder_tokenizer())
+        kwargs = dict(kwargs, tokenizer=checkpoints.placeholder_tokenizer())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             model = TransformerBridge.boot_transformers(
-                str(Path(name).expanduser()) if _is_local(name) else name,
+                str(Path(name).expanduser()) if checkpoints.is_local(name) else name,
                 device=device or "cpu",
                 dtype=dtype,
                 **kwargs,
@@ -565,7 +356,7 @@ def _load_hooked(
     from transformer_lens import HookedTransformer
 
     if not local:
-        with _tl_hub_config_fixes():
+        with checkpoints.tl_hub_config_fixes():
             return HookedTransformer.from_pretrained_no_processing(
                 name, dtype=dtype, device=device, **kwargs
             ).eval()
@@ -592,7 +383,7 @@ def _hooked_from_local(path: Path, dtype: torch.dtype, device: Any, kwargs: dict
         for item in path.resolve().iterdir():
             if item.name != "config.json":
                 (link / item.name).symlink_to(item)
-        config = _fix_tl_config(json.loads((path / "config.json").read_text()))
+        config = checkpoints.fix_tl_config(json.loads((path / "config.json").read_text()))
         (link / "config.json").write_text(json.dumps(config))
         try:
             with warnings.catch_warnings():
@@ -608,7 +399,7 @@ def _hooked_from_local(path: Path, dtype: torch.dtype, device: Any, kwargs: dict
             ) from exc
         hf_model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype)
         state_dict = loading.get_pretrained_state_dict(str(link), cfg, hf_model, dtype=dtype)
-    tok = AutoTokenizer.from_pretrained(path) if tokenizer else _placeholder_tokenizer()
+    tok = AutoTokenizer.from_pretrained(path) if tokenizer else checkpoints.placeholder_tokenizer()
     model = HookedTransformer(cfg, tok, move_to_device=False, **kwargs)
     model.load_and_process_state_dict(
         state_dict,
@@ -678,137 +469,6 @@ def random_init_like(model: Any, seed: int) -> Any:
         for extension, record in carried:
             extension.attach(clone, record)
     return clone
-
-
-#: Per model: whether resuming at a middle layer reproduced the full forward (see the probe).
-_RESUME_PROBED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def can_start_at_layer(model: Any) -> bool:
-    """Whether :func:`forward_from_layer` (``start_at_layer``) equals the full forward from ``l`` on.
-
-    Decided per model, by what it does rather than by backend name: ``HookedTransformer``, or a
-    ``TransformerBridge`` of TransformerLens 4 or later (3.x's bridge raises on
-    ``start_at_layer``), that passes :func:`probe_start_at_layer` (cached per model). Always
-    False when the positional embedding enters every layer (``shortformer``) or a trained-in
-    ``decoupled`` variant reads an earlier layer's input.
-
-    >>> can_start_at_layer(object())
-    False
-    """
-    kind = backend_name(model)
-    if kind not in ("hooked", "bridge") or (kind == "bridge" and _tl_major() < 4):
-        return False
-    if getattr(model.cfg, "positional_embedding_type", None) == "shortformer":
-        return False
-    spec = getattr(model, "tl_spec_variant", None)
-    if spec is not None and spec.variant == "decoupled":
-        return False
-    try:
-        return _RESUME_PROBED[model]
-    except TypeError:  # not weak-referenceable: probe every time
-        return probe_start_at_layer(model)
-    except KeyError:
-        _RESUME_PROBED[model] = answer = probe_start_at_layer(model)
-        return answer
-
-
-def probe_start_at_layer(model: Any) -> bool:
-    """Run a tiny batch whole and again from a middle layer; True iff the logits are bit-identical.
-
-    Two rows of 8 tokens, the second left-padded by 3 (so mask-derived positions are checked
-    too); the residual entering layer ``n_layers // 2`` is captured in the full run and fed to
-    :func:`forward_from_layer`, then the full forward runs once more (the resumed one must leave
-    nothing behind). The comparisons are exact (``torch.equal``, no tolerance): the runs do the
-    same arithmetic from that layer on, so any difference means the resumed forward is not the
-    same computation. Any exception (a backend without ``start_at_layer``) is False.
-
-    >>> probe_start_at_layer(model)  # doctest: +SKIP
-    True
-    """
-    try:
-        n_layers, vocab = int(model.cfg.n_layers), int(model.cfg.d_vocab)
-        layer = n_layers // 2
-        device = next(model.parameters()).device
-        tokens = (torch.arange(16, device=device).view(2, 8) * 7 + 3) % vocab
-        mask = torch.ones_like(tokens)
-        mask[1, :3] = 0
-        got: dict[str, torch.Tensor] = {}
-
-        def grab(x: torch.Tensor, hook: Any) -> None:
-            got["resid"] = x.clone()
-
-        with torch.inference_mode():
-            full = model.run_with_hooks(tokens, attention_mask=mask, return_type="logits",
-                                        fwd_hooks=[(hook_name("resid_pre", layer), grab)])
-            resumed = forward_from_layer(model, got["resid"], layer, tokens=tokens,
-                                         attention_mask=mask, return_type="logits")
-            again = model(tokens, attention_mask=mask, return_type="logits")  # nothing left over
-        return bool(torch.equal(full, resumed) and torch.equal(full, again))
-    except Exception:  # noqa: BLE001 - any failure means "cannot resume here"
-        return False
-
-
-def forward_from_layer(
-    model: Any,
-    resid: Float[torch.Tensor, "batch pos d_model"],
-    start: int,
-    *,
-    tokens: Int[torch.Tensor, "batch pos"],
-    attention_mask: Int[torch.Tensor, "batch pos"],
-    return_type: str | None = "logits",
-) -> Any:
-    """The forward pass from layer ``start`` on, with ``resid`` the residual entering it.
-
-    ``HookedTransformer``: its own ``start_at_layer``. ``TransformerBridge`` (TransformerLens
-    4): its ``start_at_layer`` (which still runs blocks ``0 .. start-1`` and discards their
-    output) with those blocks made pass-throughs for the call, so they cost nothing and their
-    hooks do not fire, as on ``HookedTransformer``; a left-padded mask gets the mask-derived
-    positions the bridge gives token inputs. Only call it where :func:`can_start_at_layer` is True.
-
-    Args:
-        model: a ``HookedTransformer`` or ``TransformerBridge``.
-        resid: the residual stream entering block ``start``.
-        start: the first block to run.
-        tokens: the batch's token ids (positions and masks are built from them).
-        attention_mask: 1 on the tokens the model may attend to.
-        return_type: as the model's forward (``"logits"`` or ``None``).
-
-    Returns:
-        What ``model(...)`` returns for ``return_type``.
-
-    >>> logits = forward_from_layer(model, resid, 2, tokens=tokens, attention_mask=mask)  # doctest: +SKIP
-    """
-    if backend_name(model) != "bridge":
-        return model(resid, start_at_layer=start, tokens=tokens, attention_mask=attention_mask,
-                     return_type=return_type)
-    kwargs: dict[str, Any] = {}
-    mask = attention_mask.long()
-    derived = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-    arange = torch.arange(mask.shape[1], device=mask.device).expand_as(derived)
-    moved = ((derived != arange) & (mask != 0)).any(-1, keepdim=True)
-    if bool(moved.any()):  # left padding: the bridge's mask-derived positions, row by row
-        kwargs["position_ids"] = torch.where(moved, derived, arange)
-    with _pass_through(list(model.blocks)[:start]):
-        return model(resid, start_at_layer=start, attention_mask=attention_mask,
-                     return_type=return_type, **kwargs)
-
-
-def _hidden_states(*args: Any, **kwargs: Any) -> Any:
-    return args[0] if args else kwargs["hidden_states"]
-
-
-@contextlib.contextmanager
-def _pass_through(blocks: list[Any]) -> Any:
-    """Make ``blocks`` return their input unchanged (an instance ``forward``) for the duration."""
-    patched = [b for b in blocks if "forward" not in vars(b)]
-    try:
-        for block in patched:  # object's setattr: the bridge's would pass it to the HF module
-            object.__setattr__(block, "forward", _hidden_states)
-        yield
-    finally:
-        for block in patched:
-            vars(block).pop("forward", None)
 
 
 def require_pattern_hooks(model: Any) -> None:

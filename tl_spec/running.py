@@ -33,8 +33,9 @@ def stop_hook(model: Any, names: list[Any]) -> str | None:
 
     Every name must be a ``blocks.{l}.…`` hook (else ``None``: something later is needed). With
     ``L`` the highest layer named: ``blocks.{L}.hook_attn_out`` when every layer-``L`` hook is
-    inside the attention (``blocks.{L}.attn.…``; the rest of the block, ``ln_final`` and the
-    unembedding are then skipped), else ``blocks.{L}.hook_resid_post``. ``None`` if the model
+    inside the attention or is its output (``blocks.{L}.attn.…``, ``blocks.{L}.hook_attn_out``;
+    the rest of the block, ``ln_final`` and the unembedding are then skipped), else
+    ``blocks.{L}.hook_resid_post``. ``None`` if the model
     has no such hook point.
 
     >>> class M: hook_dict = {"blocks.1.hook_attn_out": 0, "blocks.1.hook_resid_post": 0}
@@ -48,7 +49,8 @@ def stop_hook(model: Any, names: list[Any]) -> str | None:
         return None
     last = max(int(m.group(1)) for m in parsed)  # type: ignore[union-attr]
     rests = [m.group(2) for m in parsed if int(m.group(1)) == last]  # type: ignore[union-attr]
-    inside = all(r.startswith("attn.") and r != "attn.hook_out" for r in rests)
+    inside = all((r.startswith("attn.") and r != "attn.hook_out") or r == "hook_attn_out"
+                 for r in rests)
     name = f"blocks.{last}." + ("hook_attn_out" if inside else "hook_resid_post")
     return name if name in getattr(model, "hook_dict", {}) else None
 

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tl_spec.checkpoints import check_hub_name
 from tl_spec.errors import TLSpecError
 
-__all__ = ["HUB_CHECK_SECONDS", "check_loading", "check_models", "check_output",
+__all__ = ["check_loading", "check_models", "check_output",
            "check_text_file", "load_resolved", "progress", "resolve_model"]
 
 
@@ -111,58 +110,6 @@ def zoo_names() -> list[str]:
     return [m.name for models in SETS.values() for m in models]
 
 
-HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
-HUB_CHECK_SECONDS = 5.0  # the longest an unknown name waits for the hub before exit status 2
-
-
-def hub_offline() -> bool:
-    truthy = {"1", "true", "yes", "on"}
-    if any(os.environ.get(k, "").lower() in truthy
-           for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
-        return True
-    try:
-        from huggingface_hub import constants
-    except ImportError:  # pragma: no cover - a dependency of transformers
-        return True
-    return bool(getattr(constants, "HF_HUB_OFFLINE", False))
-
-
-def hub_reason(name: str) -> str | None:
-    """``None`` when ``name`` loads from the hub (cached, or found online quickly); else why not."""
-    if not HUB_NAME.fullmatch(name):
-        return "it is not a valid hub name either"
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(name, "config.json")
-    except Exception:  # noqa: BLE001 - an unusable id or cache is simply not cached
-        cached = None
-    if isinstance(cached, str):
-        return None
-    if hub_offline():
-        return "offline (HF_HUB_OFFLINE) and not in the local Hugging Face cache"
-    found: dict[str, Any] = {}
-
-    def ask() -> None:
-        try:
-            from huggingface_hub import HfApi
-
-            HfApi().model_info(name, timeout=HUB_CHECK_SECONDS - 1)
-            found["ok"] = True
-        except Exception as exc:  # noqa: BLE001 - any failure means: not reachable now
-            found["error"] = exc
-
-    thread = threading.Thread(target=ask, daemon=True)
-    thread.start()
-    thread.join(HUB_CHECK_SECONDS)
-    if found.get("ok"):
-        return None
-    error = found.get("error")
-    if error is None:
-        return f"the hub did not answer within {HUB_CHECK_SECONDS:.0f} s"
-    return f"not on the hub or the hub is unreachable ({type(error).__name__})"
-
-
 def resolve_model(name: str) -> tuple[str, str]:
     """``(kind, target)`` for a model argument: a local directory, a zoo model, a hub name.
 
@@ -188,13 +135,7 @@ def resolve_model(name: str) -> tuple[str, str]:
     if path.exists():
         raise TLSpecError(f"{name!r} is a file; a model is a checkpoint directory, a zoo model "
                           "name or a hub name")
-    reason = hub_reason(name)
-    if reason is not None:
-        raise TLSpecError(
-            f"model {name!r} is not a local directory, not a zoo model ({', '.join(names[:4])}, "
-            f"... see `tl-spec zoo list`), and not loadable from the Hugging Face hub: {reason}. "
-            "Give a checkpoint directory, a zoo name (or zoo:NAME) or a hub name that is cached "
-            "or reachable.")
+    check_hub_name([name])  # cached, or the hub reachable; else a TLSpecError (exit 2)
     return "hub", name
 
 

@@ -8,7 +8,7 @@ standard attention: does specialization redistribute when other layers lose thei
 
 Batches run once clean (recording each text's loss, SI and the residual stream where later
 conditions start) and then once per condition; where the model can resume mid-way
-(:func:`~tl_spec.models.can_start_at_layer`) a condition whose first changed layer is ``f``
+(:func:`~tl_spec.resume.can_start_at_layer`) a condition whose first changed layer is ``f``
 starts at ``f`` from the clean residual stream (prefix reuse).
 
 Texts are strings or token ids (a ``[batch, pos]`` tensor with an optional ``attention_mask``, or
@@ -37,10 +37,10 @@ from tl_spec.experiments.importance import token_losses
 from tl_spec.hooks.capture import PatternStats
 from tl_spec.hooks.variants import AttentionVariant, resolve_variant_layers, static_patterns
 from tl_spec.metrics.specialization import si_from_correlations
-from tl_spec.models import (can_start_at_layer, forward_from_layer, model_id,
-                            require_pattern_hooks)
+from tl_spec.models import model_id, require_pattern_hooks
 from tl_spec.names import hook_name
 from tl_spec.options.deconstruct import DeconstructOptions, check_placement
+from tl_spec.resume import can_start_at_layer, forward_from_layer
 from tl_spec.records import Result, array, provenance
 from tl_spec.running import model_device
 from tl_spec.stats import interval_records, paired_bootstrap

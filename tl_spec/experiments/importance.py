@@ -4,8 +4,8 @@ One clean pass collects the loss and every head's mean output ``z`` over the rea
 data. Then, layer by layer, the batch is repeated once per head and each copy ablates a
 different head at ``blocks.{l}.attn.hook_z`` (set to the head's data mean, or to zero), so a
 layer's heads cost one forward call, not one per head. Where the model can resume mid-way
-(:func:`~tl_spec.models.can_start_at_layer`) the ablated passes start at layer ``l`` from the
-clean residual stream (:func:`~tl_spec.models.forward_from_layer`).
+(:func:`~tl_spec.resume.can_start_at_layer`) the ablated passes start at layer ``l`` from the
+clean residual stream (:func:`~tl_spec.resume.forward_from_layer`).
 
 Prompts are text (a list of strings or a PromptSet) or token ids (a ``[batch, pos]`` tensor with
 an optional ``attention_mask``, or a list of 1-D tensors); options are
@@ -29,10 +29,10 @@ from jaxtyping import Float, Int
 
 from tl_spec.errors import TLSpecError
 from tl_spec.running import model_device
-from tl_spec.models import (can_start_at_layer, forward_from_layer, model_id,
-                            require_pattern_hooks)
+from tl_spec.models import model_id, require_pattern_hooks
 from tl_spec.names import head_label, hook_name
 from tl_spec.options.importance import ABLATIONS, ImportanceOptions
+from tl_spec.resume import can_start_at_layer, forward_from_layer
 from tl_spec.records import Result, array, provenance
 from tl_spec.tokens import PromptInput, batches, pad_id, prepare_inputs
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from jaxtyping import Float
 
 from tl_spec.errors import TLSpecError, TLSpecWarning

@@ -6,10 +6,10 @@
 - Conditions that differ only in seed run together: rows are (prompt, seed) pairs, grouped by
   length into batches of at most ``batch_size`` rows with the least padded work
   (:func:`~tl_spec.tokens.plan_batches`).
-- Where the model can resume mid-way (:func:`~tl_spec.models.can_start_at_layer`: a probe that
+- Where the model can resume mid-way (:func:`~tl_spec.resume.can_start_at_layer`: a probe that
   the resumed forward is bit-identical; ``HookedTransformer`` and TransformerLens 4's bridge)
   each noised forward starts at the first noised layer from the cached residual
-  (:func:`~tl_spec.models.forward_from_layer`); statistics of earlier layers are the clean ones. A group whose
+  (:func:`~tl_spec.resume.forward_from_layer`); statistics of earlier layers are the clean ones. A group whose
   noised layers extend another group's (``all`` extends ``early``) starts where that one's
   noise ends, from the residual captured in that run (the noise is a pure function of seed,
   prompt, layer and site, so it is the same residual). Elsewhere (TransformerLens 3's bridge
@@ -37,7 +37,7 @@ from tl_spec.running import model_device
 from tl_spec.hooks.capture import PatternStats
 from tl_spec.hooks.noising import NoiseHooks, prompt_key, site_hook_name
 from tl_spec.metrics.patterns import Region
-from tl_spec.models import can_start_at_layer, forward_from_layer
+from tl_spec.resume import can_start_at_layer, forward_from_layer
 from tl_spec.names import hook_name
 from tl_spec.options.si import SIOptions
 from tl_spec.tokens import PaddingSide, Tokenized, pad_batch, pad_id, plan_batches

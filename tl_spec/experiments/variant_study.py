@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 
+from tl_spec.corpus import heldout_texts
 from tl_spec.display import short_name
 from tl_spec.errors import TLSpecError
 from tl_spec.experiments.deconstruct import costliest
@@ -35,6 +36,7 @@ from tl_spec.models import model_id
 from tl_spec.options.deconstruct import VariantStudyOptions
 from tl_spec.records import Result, provenance
 from tl_spec.running import model_device
+from tl_spec.sources import source
 from tl_spec.stats import interval_records, paired_bootstrap
 from tl_spec.tokens import Inputs, PromptInput, Tokenized, pad_batch, pad_id, prepare_inputs
 

@@ -7,7 +7,8 @@ pattern at once (masks for padding, causality and sliding windows applied) and k
 per-prompt tensors; no activation cache is ever held. It also checks every forward pass for
 non-finite values, whatever the backend: a real token's attention row must be finite and carry
 weight (``HookedTransformer`` turns NaN patterns into zero rows before any hook sees them), and
-the residual stream after each measured layer (``blocks.{l}.hook_resid_post``) must be finite;
+the residual stream after each measured layer (``blocks.{l}.hook_resid_post``; for the model's
+last layer its attention output) must be finite;
 :meth:`PatternStats.collect` raises a :class:`~tl_spec.errors.TLSpecError` naming the layer.
 
 >>> stats = PatternStats(model, stats=("correlation", "column_entropy"))  # doctest: +SKIP
@@ -121,7 +122,12 @@ class PatternStats(HookSet):
         self._bad_rows: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
         self._bad_resid: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
         hook_dict = getattr(model, "hook_dict", {})
-        self._resid_layers = [x for x in self.layers if hook_name("resid_post", x) in hook_dict]
+        # after each layer the residual stream; after the model's last layer only the attention
+        # output (its MLP cannot change a pattern, and SI forwards stop before it)
+        last = int(model.cfg.n_layers) - 1
+        self._checks = [(x, hook_name("attn_out" if x == last else "resid_post", x))
+                        for x in self.layers]
+        self._checks = [(x, name) for x, name in self._checks if name in hook_dict]
         self._sum: dict[int, torch.Tensor] = {}
         self._count: torch.Tensor | None = None
 
@@ -129,12 +135,12 @@ class PatternStats(HookSet):
     def fwd_hooks(self) -> list[tuple[str, Callable[..., None]]]:
         """``(hook name, function)`` pairs for ``run_with_hooks`` or ``model.hooks``.
 
-        One pattern hook per layer, then one ``hook_resid_post`` check per layer (it records
-        whether the residual stream of real tokens stayed finite; it changes nothing).
+        One pattern hook per layer, then one check per layer that records whether the real
+        tokens' residual stream stayed finite (``hook_resid_post``; ``hook_attn_out`` of the
+        model's last layer); the checks change nothing.
         """
         hooks = [(pattern_hook_name(layer), self._make_hook(layer)) for layer in self.layers]
-        hooks += [(hook_name("resid_post", layer), self._make_resid_hook(layer))
-                  for layer in self._resid_layers]
+        hooks += [(name, self._make_resid_hook(layer)) for layer, name in self._checks]
         return hooks
 
     def _make_resid_hook(self, layer: int) -> Callable[..., None]:
@@ -219,7 +225,8 @@ class PatternStats(HookSet):
         if rows:
             where.append(f"attention rows of real tokens that are NaN/Inf or empty in layers {rows}")
         if resid:
-            where.append(f"a non-finite residual stream (hook_resid_post) after layers {resid}")
+            where.append(f"a non-finite residual stream (hook_resid_post, or hook_attn_out of the "
+                         f"last layer) in layers {resid}")
         weights = _non_finite_parameters(self._model)
         cause = (f"the model's weights hold non-finite values ({', '.join(weights)}): repair or "
                  "reload the checkpoint" if weights else
