@@ -33,13 +33,7 @@ from tl_spec.study.cli import main as study_main
 from tl_spec.study.collect import csv_safe
 from tl_spec.study.store import CLAIM_TIMEOUT, Store, content_sha256
 
-PROMPTS = """\
-[prompt_sets]
-short = ["The cat sat on the mat and looked at the door.",
-         "Functions return values to the code that called them.",
-         "A list keeps its items in the order they were added.",
-         "The river flows past the old mill towards the sea."]
-"""
+from test_study import PROMPTS  # the same short prompt sets as the study tests
 
 PROBE_STUDY = """\
 name = "rel"

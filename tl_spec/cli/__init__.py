@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tl_spec.cli.inputs import check_creatable
 from tl_spec.cli.inputs import check_models as _check_models
 from tl_spec.cli.inputs import check_output as _check_output
 from tl_spec.cli.inputs import check_text_file as _check_text_file
@@ -427,8 +428,6 @@ def _cmd_stability(args: argparse.Namespace) -> None:
 
 
 def _cmd_deconstruct(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from tl_spec.experiments.deconstruct import deconstruct
     from tl_spec.prompts import E06_TEXTS, STANDARD_10
 
@@ -512,11 +511,7 @@ def _cmd_tiny(args: argparse.Namespace) -> None:
     if target.exists() and not target.is_dir():
         raise TLSpecError(f"{args.path}: is a file; give a directory for the checkpoint "
                           "(new, or one to overwrite)")
-    ancestor = target.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise TLSpecError(f"{args.path}: {ancestor} is a file, so no directory can be made there")
+    check_creatable(target, args.path)
     path = build_random_checkpoint(args.path, arch=args.arch, seed=args.seed)
     print(f"wrote a random-init {args.arch} checkpoint to {path}")
 

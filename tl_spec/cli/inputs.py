@@ -20,7 +20,7 @@ from typing import Any
 from tl_spec.checkpoints import check_hub_name
 from tl_spec.errors import TLSpecError
 
-__all__ = ["check_loading", "check_models", "check_output",
+__all__ = ["check_creatable", "check_loading", "check_models", "check_output",
            "check_text_file", "load_resolved", "progress", "resolve_model"]
 
 
@@ -47,15 +47,19 @@ def check_output(path: str | None, flag: str = "--json") -> None:
     if p.exists() and not os.access(p, os.W_OK):
         raise TLSpecError(f"{flag} {path}: the file exists and is not writable; choose another "
                           "path or fix its permissions")
+    check_creatable(p, f"{flag} {path}")
+
+
+def check_creatable(p: Path, label: str) -> None:
+    """Raise unless the nearest existing ancestor of ``p`` is a writable directory."""
     ancestor = p.parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise TLSpecError(f"{flag} {path}: {ancestor} is a file, so no directory can be made "
-                          "there; choose another path")
+        raise TLSpecError(f"{label}: {ancestor} is a file, so no directory can be made there; "
+                          "choose another path")
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise TLSpecError(f"{flag} {path}: directory {ancestor} is not writable; choose another "
-                          "path")
+        raise TLSpecError(f"{label}: directory {ancestor} is not writable; choose another path")
 
 
 def check_text_file(path: str, flag: str) -> list[str]:
