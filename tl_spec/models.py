@@ -210,6 +210,18 @@ def load_model(
     token-id inputs); a hub name must be reachable or in the Hugging Face cache (offline, with
     ``HF_HUB_OFFLINE=1`` or no network, the cache is used without retries).
 
+    Args:
+        name_or_path: a local Hugging Face checkpoint directory or a hub name (zoo models load
+            with :func:`tl_spec.zoo.load`).
+        backend: ``"auto"``, ``"bridge"`` or ``"hooked"``.
+        dtype: a torch dtype or its name (``"float32"`` default, ``"bfloat16"``, ...); integer,
+            boolean and complex dtypes are refused.
+        device: ``"cpu"`` (default), ``"cuda"``, ``"cuda:1"``, ...
+        **kwargs: passed to the backend's loader.
+
+    Returns:
+        The loaded ``TransformerBridge`` or ``HookedTransformer``.
+
     >>> load_model("gpt2", backend="hooked", dtype="float32")  # doctest: +SKIP
     """
     name = os.fspath(name_or_path)
