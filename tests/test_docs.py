@@ -181,3 +181,24 @@ def test_docstring_extension_fences_doctests_and_roles():
         "Intro.\n\n    ```pycon\n    >>> xs[0][:2]\n    [1, 2]\n    ```\n\nAfter.")
     assert mod._ROLE.sub(r"`\1`", "see :class:`~tl_spec.SIResult` and :func:`f`") == \
         "see `tl_spec.SIResult` and `f`"
+
+
+def test_public_functions_document_their_arguments_and_show_an_example():
+    """Every public function: a runnable example; Args (and Returns) past two parameters."""
+    import inspect
+
+    import tl_spec
+
+    missing = []
+    for name in tl_spec.__all__:
+        obj = getattr(tl_spec, name)
+        if not inspect.isfunction(obj):
+            continue
+        doc = inspect.getdoc(obj) or ""
+        params = [p for p in inspect.signature(obj).parameters.values()
+                  if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        if ">>>" not in doc:
+            missing.append(f"{name}: no example")
+        if len(params) > 2 and not ("Args:" in doc and "Returns:" in doc):
+            missing.append(f"{name}: {len(params)} parameters but no Args/Returns")
+    assert not missing, missing
