@@ -24,6 +24,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 from collections.abc import Callable
 from functools import cache
@@ -44,6 +45,7 @@ __all__ = [
     "Result",
     "array",
     "atomic_write_bytes",
+    "check_values",
     "atomic_write_text",
     "config_hash",
     "jsonable",
@@ -172,6 +174,7 @@ def validate_record(record: Any, where: str = "result") -> None:
 
 
 _REGISTRY: dict[str, type[Result]] = {}
+_DIMS = re.compile(r"""["']([^"']+)["']""")  # the dimension names of a jaxtyping annotation
 
 
 def registry() -> dict[str, type[Result]]:
@@ -272,6 +275,29 @@ class Result:
             atomic_write_text(path, text)
         return text
 
+    def check_shapes(self, where: str = "result") -> None:
+        """Refuse arrays whose named dimensions disagree (e.g. a per-layer array shorter than the
+        layers of the per-head one), read from the fields' jaxtyping annotations."""
+        sizes: dict[str, tuple[int, str]] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            spec = _DIMS.search(str(f.type))
+            if spec is None or not isinstance(value, np.ndarray):
+                continue
+            dims = spec.group(1).split()
+            if "..." in dims or any(d.startswith("*") for d in dims):
+                continue
+            if value.ndim != len(dims):
+                raise TLSpecError(f"{where}: field '{f.name}' has {value.ndim} dimensions, expected "
+                                  f"{len(dims)} ({' '.join(dims)}); the file was edited or damaged")
+            for dim, n in zip(dims, value.shape):
+                if dim in sizes and sizes[dim][0] != n and not dim.isdigit():
+                    size, other = sizes[dim]
+                    raise TLSpecError(
+                        f"{where}: field '{f.name}' has {n} along {dim}, but '{other}' has {size}; "
+                        "the arrays of one result must agree (the file was edited or damaged)")
+                sizes.setdefault(dim, (n, f.name))
+
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> Any:
         """Rebuild the object from :meth:`to_dict` output (arrays and nested objects decoded)."""
@@ -291,11 +317,48 @@ def read_record(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise TLSpecError(f"{target}: no such result file")
     text = target.read_text(encoding="utf-8")
     try:
-        record = json.loads(text)
+        record = json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         raise TLSpecError(
             f"{target}: not valid JSON at line {exc.lineno}, column {exc.colno} ({exc.msg}); the "
             "file is truncated or damaged: rerun the experiment that wrote it."
         ) from None
+    except ValueError as exc:
+        raise TLSpecError(f"{target}: {exc}; tl_spec writes non-finite numbers as null, so the "
+                          "file was written by another tool or edited: regenerate it") from None
     validate_record(record, str(target))
+    check_values(record, str(target))
     return record
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"the file holds {name}, which is not JSON")
+
+
+def check_values(record: Any, where: str = "result") -> None:
+    """Refuse what the schema cannot express: an interval with low > high, a negative count.
+
+    >>> check_values({"interval": {"low": 2.0, "high": 1.0}}, "r.json")
+    Traceback (most recent call last):
+    ...
+    tl_spec.errors.TLSpecError: r.json: interval at 'interval' has low 2.0 > high 1.0; the file was edited or damaged
+    """
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            low, high = node.get("low"), node.get("high")
+            if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (low, high)) \
+                    and low > high:
+                raise TLSpecError(f"{where}: interval at '{path or '(top level)'}' has low {low} > "
+                                  f"high {high}; the file was edited or damaged")
+            for key, value in node.items():
+                counted = key.startswith("n_") or key == "count" or key.endswith("_count")
+                if counted and isinstance(value, (int, float)) and not isinstance(value, bool) \
+                        and value < 0:
+                    raise TLSpecError(f"{where}: count '{path + '.' if path else ''}{key}' is "
+                                      f"{value}, below 0; the file was edited or damaged")
+                walk(value, f"{path}.{key}" if path else str(key))
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{path}[{i}]")
+
+    walk(record, "")

@@ -40,4 +40,6 @@ def load_result(path: str | os.PathLike[str]) -> Any:
     if record["kind"] not in kinds:
         raise TLSpecError(f"{path}: unknown result kind {record['kind']!r}; this tl_spec reads "
                           f"{', '.join(sorted(kinds))}")
-    return kinds[record["kind"]].from_dict(record)
+    result = kinds[record["kind"]].from_dict(record)
+    result.check_shapes(str(path))
+    return result
