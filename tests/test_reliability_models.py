@@ -207,6 +207,13 @@ _HUB_SCRIPT = textwrap.dedent("""
         model = tl_spec.load_model("gpt2", backend=backend)
         out[backend] = [tl_spec.models.backend_name(model), int(model.cfg.n_layers),
                         tl_spec.specialization_index(model, prompts).value]
+    import os, tempfile
+    from tl_spec.cli import main
+    target = os.path.join(tempfile.mkdtemp(), "si.json")  # `tl-spec si gpt2`, auto backend
+    status = main(["si", "gpt2", "--quiet", "--max-length", "32", "--json", target])
+    out["cli"] = [status, json.load(open(target))["value"] if status == 0 else None,
+                  tl_spec.specialization_index(local, tl_spec.prompts.STANDARD_10,
+                                               max_length=32).value]
     try:
         tl_spec.load_model("not-in-the-cache/model", backend="bridge")
     except tl_spec.TLSpecError as err:
@@ -244,6 +251,7 @@ def test_hub_name_loads_offline_from_a_cache(tiny_checkpoints, tmp_path, mode):
     assert out["auto"][:2] == [auto, 3]
     for backend in backends:
         assert out[backend][2] == pytest.approx(out["local"], abs=1e-5), backend
+    assert out["cli"][0] == 0 and out["cli"][1] == pytest.approx(out["cli"][2], abs=1e-5)
     reason = "HF_HUB_OFFLINE is set" if mode == "HF_HUB_OFFLINE=1" else "cannot be reached"
     assert reason in out["missing"] and "tl-spec zoo list" in out["missing"]
 
