@@ -155,6 +155,9 @@ def test_notebooks_are_in_the_site(site: Path):
         page = site / "notebooks" / f"{nb.stem}.html"
         assert page.is_file(), f"{nb.name} is not rendered in the site"
         assert "tl_spec" in page.read_text(encoding="utf-8")
+    if os.environ.get("TL_SPEC_DOCS_EXECUTED") == "1":  # .ci/run: built from executed copies
+        quickstart = (site / "notebooks" / "01_quickstart.html").read_text(encoding="utf-8")
+        assert "715065bab181f46bf12ed471951141e2" in quickstart  # an output, not the source
 
 
 @needs_mkdocs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nbformat
@@ -26,6 +27,10 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
         for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
     )
     assert "Traceback" not in text
+    executed = os.environ.get("TL_SPEC_EXECUTED_NOTEBOOKS")
+    if executed:  # .ci/run builds the documentation site from these executed copies
+        Path(executed).mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, Path(executed) / path.name)
     if path.name == "01_quickstart.ipynb":
         assert "715065bab181f46bf12ed471951141e2" in text  # the protocol prompts, verified
         assert text.count("SI = ") >= 5  # one line per SI definition
