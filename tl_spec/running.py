@@ -35,8 +35,7 @@ def stop_hook(model: Any, names: list[Any]) -> str | None:
     ``L`` the highest layer named: ``blocks.{L}.hook_attn_out`` when every layer-``L`` hook is
     inside the attention or is its output (``blocks.{L}.attn.…``, ``blocks.{L}.hook_attn_out``;
     the rest of the block, ``ln_final`` and the unembedding are then skipped), else
-    ``blocks.{L}.hook_resid_post``. ``None`` if the model
-    has no such hook point.
+    ``blocks.{L}.hook_resid_post``. ``None`` if the model has no such hook point.
 
     >>> class M: hook_dict = {"blocks.1.hook_attn_out": 0, "blocks.1.hook_resid_post": 0}
     >>> stop_hook(M(), ["blocks.0.attn.hook_pattern", "blocks.1.attn.hook_pattern"])
