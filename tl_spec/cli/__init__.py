@@ -19,7 +19,6 @@ from tl_spec.cli.inputs import check_output as _check_output
 from tl_spec.cli.inputs import check_text_file as _check_text_file
 from tl_spec.cli.inputs import load_resolved as _load_resolved
 from tl_spec.cli.inputs import progress as _progress
-from tl_spec.cli.inputs import resolve_model as _resolve_model
 from tl_spec.errors import TLSpecError
 from tl_spec.options import (
     DeconstructOptions,
@@ -387,11 +386,6 @@ def _cmd_sensitivity(args: argparse.Namespace) -> None:
         result = compare_sensitivity(*results)
         text += "\n\n" + result.summary()
     _report(args, f"texts: {texts.name} ({len(texts)})", text, result)
-
-
-def _load_any(name: str, args: argparse.Namespace) -> Any:
-    """A checkpoint directory, a zoo model name (or ``zoo:NAME``) or a hub name, loaded."""
-    return _load_resolved(_resolve_model(name), args)
 
 
 def _cmd_stability(args: argparse.Namespace) -> None:
