@@ -4,6 +4,7 @@ from tl_spec.experiments import (
     deconstruct,
     delta,
     importance,
+    length,
     probe,
     sensitivity,
     si,
@@ -12,5 +13,5 @@ from tl_spec.experiments import (
     variant_study,
 )
 
-__all__ = ["deconstruct", "delta", "importance", "probe", "sensitivity", "si", "stability",
+__all__ = ["deconstruct", "delta", "importance", "length", "probe", "sensitivity", "si", "stability",
            "stability_study", "variant_study"]

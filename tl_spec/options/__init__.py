@@ -13,6 +13,7 @@ before any model is loaded.
 from tl_spec.options.base import Options, check_choice, check_number, option, split_options
 from tl_spec.options.deconstruct import DeconstructOptions, VariantStudyOptions
 from tl_spec.options.importance import ImportanceOptions
+from tl_spec.options.length import LengthOptions
 from tl_spec.options.noise import NoiseOptions, ProbeOptions, SensitivityOptions, SweepOptions
 from tl_spec.options.si import (
     METHODS,
@@ -38,6 +39,7 @@ __all__ = [
     "Aggregate",
     "DeconstructOptions",
     "ImportanceOptions",
+    "LengthOptions",
     "Measure",
     "Method",
     "NoiseOptions",
