@@ -36,6 +36,8 @@ _LAZY: dict[str, str] = {
     "delta_si": "tl_spec.experiments.delta",
     "ImportanceResult": "tl_spec.experiments.importance",
     "head_importance": "tl_spec.experiments.importance",
+    "LengthProfileResult": "tl_spec.experiments.length",
+    "length_profile": "tl_spec.experiments.length",
     "ProbeResult": "tl_spec.experiments.probe",
     "SweepResult": "tl_spec.experiments.probe",
     "perturbation_probe": "tl_spec.experiments.probe",
@@ -60,6 +62,7 @@ _LAZY: dict[str, str] = {
     "load_model": "tl_spec.models",
     "DeconstructOptions": "tl_spec.options",
     "ImportanceOptions": "tl_spec.options",
+    "LengthOptions": "tl_spec.options",
     "ProbeOptions": "tl_spec.options",
     "SensitivityOptions": "tl_spec.options",
     "SIOptions": "tl_spec.options",
@@ -76,6 +79,7 @@ if TYPE_CHECKING:  # static tools see the eager imports
     from tl_spec.experiments.deconstruct import DeconstructResult, deconstruct
     from tl_spec.experiments.delta import DeltaResult, delta_from_results, delta_si
     from tl_spec.experiments.importance import ImportanceResult, head_importance
+    from tl_spec.experiments.length import LengthProfileResult, length_profile
     from tl_spec.experiments.probe import (
         ProbeResult,
         SweepResult,
@@ -98,6 +102,7 @@ if TYPE_CHECKING:  # static tools see the eager imports
     from tl_spec.options import (
         DeconstructOptions,
         ImportanceOptions,
+        LengthOptions,
         ProbeOptions,
         SensitivityOptions,
         SIOptions,
@@ -131,6 +136,8 @@ __all__ = [
     "DeltaResult",
     "ImportanceOptions",
     "ImportanceResult",
+    "LengthOptions",
+    "LengthProfileResult",
     "ModelFacts",
     "PatternStats",
     "ProbeOptions",
@@ -159,6 +166,7 @@ __all__ = [
     "describe",
     "head_importance",
     "head_stability",
+    "length_profile",
     "hooks",
     "load_model",
     "load_result",
