@@ -65,6 +65,8 @@ FACTORIES: dict[str, Callable[[list], Any]] = {
     "deconstruct": lambda ms: tl_spec.deconstruct(ms[0], PROMPTS, variants=["uniform"],
                                                   placements=["all"], n_resamples=200,
                                                   max_length=32),
+    "length_profile": lambda ms: tl_spec.length_profile(ms[0], PROMPTS, (8, 16, 32),
+                                                        n_resamples=200),
     "variant_study": lambda ms: tl_spec.trained_variants_study(
         ms[:1], {("uniform", "all"): ms[1:]}, texts=PROMPTS, n_resamples=200),
 }

@@ -94,6 +94,12 @@ def _fill_report(sub: Any) -> None:
     add_report_parser(sub)
 
 
+def _fill_length(sub: Any) -> None:
+    from tl_spec.cli.length import add_parser
+
+    add_parser(sub)
+
+
 def _fill_tiny(sub: Any) -> None:
     from tl_spec.zoo.tiny import ARCHS
 
@@ -261,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="say whether windows bind here (a positive token count)")
     de.add_argument("--json", default=None, metavar="PATH|-")
 
+    sub.add_lazy("length", "SI at several prompt lengths; where sliding windows bind",
+                 _fill_length)
     sub.add_lazy("tiny", "write a tiny random-init HF checkpoint (offline trials)", _fill_tiny)
     return parser
 
@@ -527,7 +535,7 @@ _COMMANDS: dict[str, Any] = {"si": _cmd_si, "delta": _cmd_delta, "describe": _cm
                              "sensitivity": _cmd_sensitivity, "zoo": _cmd_zoo,
                              "demo": _cmd_demo, "report": _cmd_report,
                              "stability": _cmd_stability, "deconstruct": _cmd_deconstruct,
-                             "study": _cmd_study}
+                             "study": _cmd_study, "length": lambda args: args.func(args)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -273,12 +273,12 @@ def length_profile(
     require_pattern_hooks(model)
     _check(model, lo, opts, st)
     inputs = prepare_inputs(model, prompts, attention_mask=attention_mask,
-                            max_length=lo.lengths[-1], prepend_bos=opts.prepend_bos)
+                            max_length=opts.max_length, prepend_bos=opts.prepend_bos)
     st.check_units(len(inputs))
     facts = describe(model, seq_len=lo.lengths[-1])
-    full = np.array(inputs.tokenized.lengths)
+    full = np.array(inputs.tokenized.lengths)  # up to max_length: what "cut" counts against
     started = time.perf_counter()
-    measured = _run(model, inputs, lo, opts, progress)
+    measured = _run(model, _truncate(inputs, lo.lengths[-1]), lo, opts, progress)
     seconds = time.perf_counter() - started
     values = [float(v) for v, _, _ in measured]
     layer_si = [x for _, x, _ in measured]
