@@ -71,6 +71,16 @@ def test_one_forward_equals_separate_runs(zoo_model, name: str, backend: str, me
                                 for n in LENGTHS]
 
 
+def test_region_full_and_float32_statistics_too(zoo_model) -> None:
+    model = zoo_model("base-swa", "bridge")
+    # float32 statistics sum in another order over a differently sized block: float32 rounding
+    for kw, tol in ((dict(region="full"), TOL), (dict(stat_dtype="float32"), 1e-6)):
+        prof = length_profile(model, PROMPTS, LENGTHS, n_resamples=100, **kw)
+        for i, n in enumerate(LENGTHS):
+            ref = specialization_index(model, PROMPTS, max_length=n, **kw)
+            assert abs(prof.si[i] - ref.value) < tol, (kw, n)
+
+
 def test_separate_mode_is_the_same_and_left_padding_too(zoo_model) -> None:
     model = zoo_model("base-swa", "bridge")
     fast = length_profile(model, PROMPTS, LENGTHS, method="pattern", n_resamples=100)

@@ -152,6 +152,12 @@ class LengthProfileResult(Result):
                               for x, b in enumerate(self.binding_from) if self.windows[x])
             lines.append(f"windows {windows} bind from length ({marks}); below that, SI cannot "
                          "reflect the window")
+        if self.per_layer is not None and len(self.windows) <= 16:
+            lines.append("SI by layer:")
+            lines.append(f"{'length':>6}  " + "  ".join(f"{'L' + str(x):>6}"
+                                                       for x in range(len(self.windows))))
+            for n, row in zip(self.lengths, self.per_layer):
+                lines.append(f"{n:>6}  " + "  ".join(f"{v:6.4f}" for v in row))
         longest = max(self.prompt_lengths)
         same = [n for n in self.lengths if n >= longest]
         if len(same) > 1:

@@ -9,9 +9,9 @@ full prompt's pattern, and all later layers see the same residual stream on thos
 padding, causality and sliding windows; see :mod:`tl_spec.metrics.patterns`), keeping only small
 per-prompt tensors: no pattern is cached. Its non-finite checks are those of ``PatternStats``.
 
->>> stats = PrefixPatternStats(model, lengths=(16, 32, 64), stats=("column_entropy",))  # doctest: +SKIP
+>>> stats = PrefixPatternStats(model, lengths=(16, 64), stats=("column_entropy",))  # doctest: +SKIP
 >>> order = run_batches(model, tokenized, stats, batch_size=16)             # doctest: +SKIP
->>> stats.collect()[32]["column_entropy"].shape  # [prompts, layers, heads]  # doctest: +SKIP
+>>> stats.collect()[64]["column_entropy"].shape  # [prompts, layers, heads]  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -25,7 +25,13 @@ from jaxtyping import Bool, Float
 
 from tl_spec.errors import TLSpecError
 from tl_spec.hooks.capture import PatternStats
-from tl_spec.metrics.patterns import Region, column_entropy, entry_mask, head_correlations, row_entropy
+from tl_spec.metrics.patterns import (
+    Region,
+    column_entropy,
+    entry_mask,
+    head_correlations,
+    row_entropy,
+)
 from tl_spec.tokens import real_tokens
 
 __all__ = ["PrefixPatternStats", "prefix_tokens"]
@@ -56,7 +62,7 @@ class PrefixPatternStats(PatternStats):
     own ``L x L`` block only.
 
     >>> stats = PrefixPatternStats(model, lengths=(16, 32), stats=("row_entropy",))  # doctest: +SKIP
-    >>> with model.hooks(fwd_hooks=[*stats.bind(tokens, mask)]):                     # doctest: +SKIP
+    >>> with model.hooks(fwd_hooks=[*stats.bind(tokens, mask)]):  # doctest: +SKIP
     ...     model(tokens, attention_mask=mask)
     """
 

@@ -84,9 +84,12 @@ def length_chart(result: Any, *, width: float = 6.4, height: float = 2.9) -> str
     with matplotlib.rc_context({**_SVG_STYLE, "svg.hashsalt": salt}):
         fig, ax = _figure(width, height)
         if result.per_layer is not None:
-            for layer, ys in enumerate(np.asarray(result.per_layer, dtype=float).T):
-                ax.plot(xs, ys, linewidth=0.8, alpha=0.55,
-                        color=OKABE_ITO[(layer + 1) % len(OKABE_ITO)], label=f"layer {layer}")
+            layers = np.asarray(result.per_layer, dtype=float).T
+            few = len(layers) <= 8  # one legend entry per layer; past 8, one grey entry for all
+            for layer, ys in enumerate(layers):
+                colour = OKABE_ITO[(layer + 1) % len(OKABE_ITO)] if few else "#8c959f"
+                label = f"layer {layer}" if few else ("each layer" if layer == 0 else None)
+                ax.plot(xs, ys, linewidth=0.8, alpha=0.55, color=colour, label=label)
         ax.fill_between(xs, low, high, color=OKABE_ITO[0], alpha=0.18, linewidth=0,
                         label=f"{level:.0%} interval (prompts)")
         ax.plot(xs, si, marker="o", markersize=3.4, linewidth=1.8, color=OKABE_ITO[0],
