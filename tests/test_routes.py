@@ -191,3 +191,34 @@ def test_delta_si_takes_the_route():
                                         route="e11_unmasked").value
     assert d.delta_pct == pytest.approx((si_t - si_b) / si_b * 100, abs=1e-9)
     assert d.settings["si_options"]["route"] == "e11_unmasked"
+
+
+def test_delta_refuses_mixed_routes():
+    backend = LOADABLE[0]
+    clean = tl_spec.specialization_index(_model("base-gqa", backend), STANDARD_10,
+                                         method="entropy_profile")
+    with pytest.raises(TLSpecError, match="different routes"):
+        tl_spec.delta_from_results(clean, _si("base-gqa", backend, "e11_unmasked"))
+
+
+@pytest.mark.parametrize("route", ROUTED)
+def test_probe_takes_the_route(route):
+    """The probe's clean SI is the route's SI; noise at sigma 0.05 moves it."""
+    backend = LOADABLE[0]
+    model = _model("base-swa", backend)
+    p = tl_spec.perturbation_probe(model, STANDARD_10, method=ROUTE_METHOD[route], route=route,
+                                   sigma=0.05, seeds=(1,), layers="all", n_resamples=200)
+    assert p.si_clean == pytest.approx(_si("base-swa", backend, route).value, abs=1e-9)
+    assert abs(p.response_pct) > 0.01
+    assert p.settings["route"] == route
+
+
+def test_report_marks_a_reproduction_route():
+    from tl_spec.viz.report import render_report
+
+    html = render_report([_si("base-swa", LOADABLE[0], "e11_unmasked")])
+    assert "Route e11_unmasked: reproduction of an artifact of the paper&#x27;s code" in html \
+        or "Route e11_unmasked: reproduction of an artifact of the paper's code" in html
+    clean = tl_spec.specialization_index(_model("base-swa", LOADABLE[0]), STANDARD_10,
+                                         method="entropy_profile")
+    assert "reproduction of an artifact" not in render_report([clean])

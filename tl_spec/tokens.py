@@ -25,7 +25,7 @@ import torch
 from jaxtyping import Bool, Int
 
 from tl_spec.errors import TLSpecError, TLSpecWarning
-from tl_spec.options.si import PaddingSide
+from tl_spec.options.si import ROUTES_WITH_PAD_ROWS, PaddingSide
 from tl_spec.prompts import PromptSet, as_prompt_set
 
 __all__ = [
@@ -72,6 +72,18 @@ class Tokenized:
     def lengths(self) -> tuple[int, ...]:
         """Number of tokens of each prompt."""
         return tuple(len(x) for x in self.ids)
+
+    @property
+    def norm_lengths(self) -> tuple[int, ...]:
+        """The ``n`` of each prompt's ln(n) in ``normalized_entropy``: the real length, or the
+        padded length on a route that averages the pad rows in (``metrics_py``: ln 128).
+
+        >>> Tokenized(((1, 2, 3),), 0, None, 8).norm_lengths
+        (3,)
+        """
+        if self.pad_to is not None and self.route in ROUTES_WITH_PAD_ROWS:
+            return (self.pad_to,) * len(self.ids)
+        return self.lengths
 
 
 def validate_prompts(prompts: Sequence[str] | str) -> list[str]:

@@ -232,6 +232,9 @@ def delta_from_results(
     st = StatsOptions.build(stats, **option_values)
     if base.method != tuned.method:
         raise TLSpecError(f"the SI results use different methods ({base.method} vs {tuned.method})")
+    if base.route != tuned.route:
+        raise TLSpecError(f"the SI results use different routes ({base.route} vs {tuned.route}); "
+                          "measure both with the same SIOptions.route")
     if base.per_head.shape != tuned.per_head.shape:
         raise TLSpecError(
             f"the models differ in shape: base has [layers, heads] = {list(base.per_head.shape)}, "
@@ -430,7 +433,9 @@ def delta_si(
             _same_tokens(inputs_b, prepare_inputs(tuned, prompts, max_length=opts.max_length,
                                                   prepend_bos=opts.prepend_bos))
         bos = getattr(tuned.tokenizer, "bos_token", None)
-        if bos and all(p.startswith(bos) for p in rendered):
+        if bos and all(p.startswith(bos) for p in rendered) and opts.route == "tl_spec":
+            # (a reproduction route tokenizes the rendered text as the notebooks did, with the
+            # tokenizer's own special tokens, a doubled BOS included)
             opts_t = opts.replace(prepend_bos=False)  # the template already starts with BOS
         inputs_t = prepare_inputs(tuned, rendered, max_length=opts.max_length,
                                   prepend_bos=opts_t.prepend_bos)

@@ -30,10 +30,9 @@ from tl_spec.metrics.specialization import (
     si_from_entropy_profile,
     si_from_row_entropy,
 )
-from tl_spec.metrics.routes import padded_lengths
 from tl_spec.models import describe, require_pattern_hooks
 from tl_spec.names import head_label, head_labels
-from tl_spec.options.si import METHODS, Aggregate, Method, Region, SIOptions
+from tl_spec.options.si import ROUTES_WITH_PAD_ROWS, METHODS, Aggregate, Method, Region, SIOptions
 from tl_spec.records import Result, array, provenance
 from tl_spec.tokens import Inputs, PromptInput, prepare_inputs, route_inputs
 
@@ -61,7 +60,7 @@ ROUTE_NOTE = {
     "metrics_py": "src/metrics.py: padded to max_length, pad rows averaged in, H_max = "
                   "ln(max_length)",
 }
-_ALL_ROWS = ("e11_unmasked", "metrics_py")
+_ALL_ROWS = ROUTES_WITH_PAD_ROWS
 _PER_HEAD_MEANING = {
     "pattern": "1 - mean correlation with the other heads of the layer",
     "entropy_profile": "normalized entropy of the mean attention row (the E matrix)",
@@ -347,9 +346,8 @@ def si_from_inputs(model: Any, inputs: Inputs, opts: SIOptions, *,
         if np.isnan(value):
             raise TLSpecError("entropy-profile SI undefined: every head's profile is constant")
     else:
-        n_tokens = (padded_lengths(len(tokenized.ids), tokenized.pad_to) if route in _ALL_ROWS
-                    else np.array(tokenized.lengths))
-        per_prompt_head, per_prompt = si_from_row_entropy(raw["row_entropy"][inverse], n_tokens)
+        per_prompt_head, per_prompt = si_from_row_entropy(raw["row_entropy"][inverse],
+                                                          np.array(tokenized.norm_lengths))
         per_layer = per_prompt.mean(axis=0)
         per_head = per_prompt_head.mean(axis=0)
         value = float(per_layer.mean())

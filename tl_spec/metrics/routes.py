@@ -12,7 +12,7 @@ computation are reproduced here, so every backend gives what Hugging Face gave:
 - the statistics of the unmasked routes average those pad rows in (the capture hooks pass
   all-true row and key masks to :func:`~tl_spec.metrics.patterns.column_entropy` and
   :func:`~tl_spec.metrics.patterns.row_entropy`), and ``metrics_py`` normalises by ln of the
-  padded length (:func:`padded_lengths`).
+  padded length (``Tokenized.norm_lengths``).
 
 >>> import torch
 >>> s = torch.zeros(1, 1, 3, 3)
@@ -24,11 +24,10 @@ computation are reproduced here, so every backend gives what Hugging Face gave:
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from jaxtyping import Bool, Float
 
-__all__ = ["eager_padding_scores", "padded_lengths"]
+__all__ = ["eager_padding_scores"]
 
 
 def eager_padding_scores(
@@ -71,12 +70,3 @@ def eager_padding_scores(
     empty = ~visible.any(dim=-1, keepdim=True)
     masked = torch.where(visible, scores, torch.full_like(scores, -torch.inf))
     return torch.where(empty, torch.zeros_like(scores), masked)
-
-
-def padded_lengths(n_prompts: int, padded_to: int) -> Float[np.ndarray, "n_prompts"]:
-    """The ``n`` of ``ln(n)`` in ``metrics_py``'s normalisation: the padded length of every prompt.
-
-    >>> padded_lengths(2, 128).tolist()
-    [128.0, 128.0]
-    """
-    return np.full(int(n_prompts), float(padded_to))

@@ -20,7 +20,7 @@ from tl_spec.errors import TLSpecError
 from tl_spec.options.base import Options, option
 
 __all__ = ["METHODS", "ROUTES", "ROUTE_METHOD", "Aggregate", "Method", "PaddingSide", "Region",
-           "Route", "SIOptions", "StatDtype", "StatsOptions"]
+           "Route", "ROUTES_WITH_PAD_ROWS", "SIOptions", "StatDtype", "StatsOptions"]
 
 Method = Literal["pattern", "entropy_profile", "normalized_entropy"]
 Region = Literal["lower", "full"]
@@ -34,6 +34,8 @@ ROUTES: tuple[str, ...] = ("tl_spec", "e11_masked", "e11_unmasked", "metrics_py"
 ROUTE_METHOD: dict[str, str] = {"e11_masked": "entropy_profile",
                                 "e11_unmasked": "entropy_profile",
                                 "metrics_py": "normalized_entropy"}
+#: The routes whose statistics average the pad rows in (and normalise by the padded length).
+ROUTES_WITH_PAD_ROWS: tuple[str, ...] = ("e11_unmasked", "metrics_py")
 
 
 def _dtype_name(value: Any) -> Any:
