@@ -191,6 +191,7 @@ def test_delta_si_takes_the_route():
                                         route="e11_unmasked").value
     assert d.delta_pct == pytest.approx((si_t - si_b) / si_b * 100, abs=1e-9)
     assert d.settings["si_options"]["route"] == "e11_unmasked"
+    assert "route=e11_unmasked" in repr(d) and "route: e11_unmasked" in d.summary()
 
 
 def test_delta_refuses_mixed_routes():
@@ -222,3 +223,18 @@ def test_report_marks_a_reproduction_route():
     clean = tl_spec.specialization_index(_model("base-swa", LOADABLE[0]), STANDARD_10,
                                          method="entropy_profile")
     assert "reproduction of an artifact" not in render_report([clean])
+
+
+@pytest.mark.parametrize("backend", LOADABLE)
+def test_left_padding_tokenizer_matches_hf(backend):
+    """A tokenizer that pads on the left: pad rows before the first real token see no real key
+    (HF eager: uniform over all keys) and positions still count from 0, as in HF."""
+    model = tl_spec.load_model(model_dir("base-swa"), backend=backend)
+    model.tokenizer.padding_side = "left"
+    _, mask, atts = hf_padded_attentions(model_dir("base-swa"), list(STANDARD_10),
+                                         padding_side="left")
+    for route in ("e11_unmasked", "e11_masked"):
+        res = tl_spec.specialization_index(model, STANDARD_10, method="entropy_profile",
+                                           route=route)
+        assert res.settings["route_padding_side"] == "left"
+        assert abs(res.value - reference_route(mask, atts, route)["value"]) <= ATOL

@@ -110,6 +110,10 @@ class DeltaResult(Result):
         return {"SI base": self.base.value, "SI tuned": self.tuned.value,
                 "ΔSI %": self.delta_pct, "CI": self.interval, "p": self.pvalue}
 
+    def tags(self) -> list[str]:
+        """The SI method, and the route when it is a reproduction route (as the SI results)."""
+        return self.base.tags()
+
     def heat(self) -> tuple[str, np.ndarray, bool | None]:
         """Per-head change of the per-head score, tuned − base (diverging around 0)."""
         meaning = self.base.settings.get("per_head_meaning") or "per-head score"
@@ -120,7 +124,9 @@ class DeltaResult(Result):
         iv = self.interval
         base, tuned = self.model_names()
         lines = [
-            f"ΔSI of {tuned} vs {base}, method: {self.method}",
+            f"ΔSI of {tuned} vs {base}, method: {self.method}"
+            + ("" if self.base.route == "tl_spec" else
+               f", route: {self.base.route} (a reproduction of an artifact of the paper's code)"),
             f"SI base  = {self.base.value:.6f}",
             f"SI tuned = {self.tuned.value:.6f}",
             f"ΔSI = {self.delta_pct:+.3f} %   {iv.level:.0%} CI [{iv.low:+.3f}, {iv.high:+.3f}] "
