@@ -238,3 +238,34 @@ def test_left_padding_tokenizer_matches_hf(backend):
                                            route=route)
         assert res.settings["route_padding_side"] == "left"
         assert abs(res.value - reference_route(mask, atts, route)["value"]) <= ATOL
+
+
+def test_eager_padding_scores_unit():
+    """Both backends' own masks (-inf, or the dtype's minimum) give the same softmax; a row with
+    no visible real key is uniform over every key; a NaN score stays NaN (so it is caught)."""
+    from tl_spec.metrics.routes import eager_padding_scores
+
+    torch.manual_seed(0)
+    s = torch.randn(2, 3, 5, 5)
+    causal = torch.ones(5, 5, dtype=torch.bool).tril()
+    hooked = s.masked_fill(~causal, -torch.inf)
+    bridge = s.masked_fill(~causal, torch.finfo(s.dtype).min)
+    keys = torch.tensor([[True, True, True, False, False], [False, False, True, True, True]])
+    a = eager_padding_scores(hooked, keys, window=2).softmax(-1)
+    b = eager_padding_scores(bridge, keys, window=2).softmax(-1)
+    assert torch.equal(a, b)
+    # prompt 0, query 4 with window 2 sees keys 3, 4: both pads -> uniform over all 5 keys
+    assert torch.allclose(a[0, :, 4], torch.full((3, 5), 0.2))
+    # prompt 1 (left-padded), queries 0 and 1 see only pads -> uniform; query 2 sees key 2 only
+    assert torch.allclose(a[1, :, :2], torch.full((3, 2, 5), 0.2))
+    assert torch.equal(a[1, :, 2], torch.tensor([0.0, 0, 1, 0, 0]).expand(3, 5))
+    s[0, 0, 2, 1] = float("nan")
+    assert torch.isnan(eager_padding_scores(s, keys).softmax(-1)[0, 0, 2]).all()
+
+
+def test_pattern_stats_rows_option_is_checked():
+    model = _model("base-gqa", LOADABLE[0])
+    with pytest.raises(TLSpecError, match="rows must be"):
+        tl_spec.PatternStats(model, stats=("column_entropy",), rows="pads")
+    with pytest.raises(TLSpecError, match="pattern statistics always use real tokens"):
+        tl_spec.PatternStats(model, stats=("correlation",), rows="all")

@@ -8,8 +8,8 @@ per-prompt tensors; no activation cache is ever held. It also checks every forwa
 non-finite values, whatever the backend: a real token's attention row must be finite and carry
 weight (``HookedTransformer`` turns NaN patterns into zero rows before any hook sees them), and
 the residual stream after each measured layer (``blocks.{l}.hook_resid_post``; for the model's
-last layer its attention output) must be finite;
-:meth:`PatternStats.collect` raises a :class:`~tl_spec.errors.TLSpecError` naming the layer.
+last layer its attention output) must be finite (with ``rows="all"``, every position's, pad
+rows included, since they are measured); :meth:`PatternStats.collect` raises a :class:`~tl_spec.errors.TLSpecError` naming the layer.
 
 >>> stats = PatternStats(model, stats=("correlation", "column_entropy"))  # doctest: +SKIP
 >>> model.run_with_hooks(tokens, attention_mask=mask,                     # doctest: +SKIP
@@ -263,7 +263,8 @@ class PatternStats(HookSet):
         first = min(rows + resid)
         where = []
         if rows:
-            where.append(f"attention rows of real tokens that are NaN/Inf or empty in layers {rows}")
+            which = "measured tokens (pad rows included)" if self.rows == "all" else "real tokens"
+            where.append(f"attention rows of {which} that are NaN/Inf or empty in layers {rows}")
         if resid:
             where.append(f"a non-finite residual stream (hook_resid_post, or hook_attn_out of the "
                          f"last layer) in layers {resid}")
