@@ -269,3 +269,14 @@ def test_pattern_stats_rows_option_is_checked():
         tl_spec.PatternStats(model, stats=("column_entropy",), rows="pads")
     with pytest.raises(TLSpecError, match="pattern statistics always use real tokens"):
         tl_spec.PatternStats(model, stats=("correlation",), rows="all")
+
+
+def test_study_cells_take_the_route():
+    from tl_spec.study.kinds import KINDS, run_kind
+
+    assert KINDS["si"].defaults()["route"] == "tl_spec"
+    res = run_kind(KINDS["si"], [_model("base-swa", LOADABLE[0])], STANDARD_10,
+                   {"method": "entropy_profile", "route": "e11_unmasked"}, 0)
+    assert res.route == "e11_unmasked"
+    assert res.value == pytest.approx(_si("base-swa", LOADABLE[0], "e11_unmasked").value,
+                                      abs=1e-12)
