@@ -280,3 +280,12 @@ def test_study_cells_take_the_route():
     assert res.route == "e11_unmasked"
     assert res.value == pytest.approx(_si("base-swa", LOADABLE[0], "e11_unmasked").value,
                                       abs=1e-12)
+
+
+def test_report_marks_a_probe_on_a_route():
+    from tl_spec.viz.report import render_report
+
+    p = tl_spec.perturbation_probe(_model("base-swa", LOADABLE[0]), STANDARD_10[:4],
+                                   method="entropy_profile", route="e11_unmasked", sigma=0.05,
+                                   seeds=(1,), n_resamples=200)
+    assert "Route e11_unmasked: reproduction of an artifact" in render_report([p])

@@ -95,7 +95,13 @@ def register_section(kind: str) -> Callable[[SectionRenderer], SectionRenderer]:
 def render_section(result: Any, ctx: ReportContext) -> Section:
     """Render ``result`` with the renderer of its kind (or the generic one)."""
     kind = getattr(result, "kind", "result")
-    return SECTION_RENDERERS.get(kind, _generic)(result, ctx)
+    section = SECTION_RENDERERS.get(kind, _generic)(result, ctx)
+    # any result measured on a reproduction route (SIOptions.route) says so, whatever its kind
+    settings = getattr(result, "settings", None) or {}
+    note = _route_note(settings if "route" in settings else settings.get("si_options"))
+    if note and "r-route" not in section.html:
+        section.html = note + section.html
+    return section
 
 
 def _label(model_ref: Any) -> str:
