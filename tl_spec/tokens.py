@@ -25,7 +25,7 @@ import torch
 from jaxtyping import Bool, Int
 
 from tl_spec.errors import TLSpecError, TLSpecWarning
-from tl_spec.options.si import PaddingSide
+from tl_spec.options.si import ROUTES_WITH_PAD_ROWS, PaddingSide
 from tl_spec.prompts import PromptSet, as_prompt_set
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "plan_batches",
     "prepare_inputs",
     "real_tokens",
+    "route_inputs",
     "token_ids_sha256",
     "tokenize",
     "validate_prompts",
@@ -51,17 +52,38 @@ PromptInput = Any
 
 @dataclass(frozen=True)
 class Tokenized:
-    """Token ids per prompt (after truncation), and how many prompts were truncated."""
+    """Token ids per prompt (after truncation), and how many prompts were truncated.
+
+    ``pad_to`` (with ``pad_token`` and ``pad_side``) is set by a reproduction route
+    (:func:`route_inputs`): every batch is then padded to exactly ``pad_to`` positions with that
+    id on that side, as the paper's notebooks did, whatever the batch's own lengths.
+    """
 
     ids: tuple[tuple[int, ...], ...]
     n_truncated: int
     prepend_bos: bool | None  # None: token ids given by the caller, used as they are
     max_length: int
+    route: str = "tl_spec"
+    pad_to: int | None = None
+    pad_token: int | None = None
+    pad_side: PaddingSide | None = None
 
     @property
     def lengths(self) -> tuple[int, ...]:
         """Number of tokens of each prompt."""
         return tuple(len(x) for x in self.ids)
+
+    @property
+    def norm_lengths(self) -> tuple[int, ...]:
+        """The ``n`` of each prompt's ln(n) in ``normalized_entropy``: the real length, or the
+        padded length on a route that averages the pad rows in (``metrics_py``: ln 128).
+
+        >>> Tokenized(((1, 2, 3),), 0, None, 8).norm_lengths
+        (3,)
+        """
+        if self.pad_to is not None and self.route in ROUTES_WITH_PAD_ROWS:
+            return (self.pad_to,) * len(self.ids)
+        return self.lengths
 
 
 def validate_prompts(prompts: Sequence[str] | str) -> list[str]:
@@ -216,6 +238,7 @@ def prepare_inputs(
     max_length: int,
     prepend_bos: bool | None = None,
     min_tokens: int = 2,
+    route: str = "tl_spec",
 ) -> Inputs:
     """Validate and tokenize ``prompts`` (text or token ids) for a run on ``model``.
 
@@ -229,6 +252,9 @@ def prepare_inputs(
             is longer).
         prepend_bos: for text only (``None``: the model's default); token ids are used as given.
         min_tokens: prompts with fewer tokens are refused.
+        route: ``"tl_spec"``, or a reproduction route of the SI (see :func:`route_inputs`):
+            text is then tokenized by the model's tokenizer with its own special tokens, and
+            every prompt padded to ``max_length``.
 
     Returns:
         :class:`Inputs` with the token ids per prompt, the texts and the provenance record.
@@ -255,9 +281,16 @@ def prepare_inputs(
                 f"instead (a [batch, pos] integer tensor with its attention_mask, or a list of "
                 f"1-D tensors), or attach a tokenizer to the model"
             )
+        info = dict((pset or as_prompt_set(texts)).hashes())
+        if route != "tl_spec":
+            if prepend_bos is not None:
+                raise TLSpecError(f"route={route!r} uses the tokenizer's own special tokens; "
+                                  "leave prepend_bos=None")
+            return route_inputs(model, Inputs(Tokenized((), 0, None, max_length), tuple(texts),
+                                               info), route=route, max_length=max_length,
+                                min_tokens=min_tokens)
         tokenized = tokenize(model, texts, max_length=max_length, prepend_bos=prepend_bos,
                              min_tokens=min_tokens)
-        info = dict((pset or as_prompt_set(texts)).hashes())
         info["token_ids_sha256"] = token_ids_sha256(tokenized.ids)
         return Inputs(tokenized, tuple(texts), info)
     if prepend_bos is not None:
@@ -290,7 +323,102 @@ def prepare_inputs(
     tokenized = Tokenized(tuple(ids), truncated, None, max_length)
     info = {"name": "token ids", "n_prompts": len(ids), "source": "token ids",
             "token_ids_sha256": token_ids_sha256(tokenized.ids)}
+    if route != "tl_spec":
+        return route_inputs(model, Inputs(tokenized, None, info), route=route,
+                            max_length=max_length, min_tokens=min_tokens)
     return Inputs(tokenized, None, info)
+
+
+def _route_padding(model: Any, route: str, from_tokens: bool) -> tuple[Any, int, PaddingSide]:
+    """The tokenizer, pad id and padding side a reproduction route pads with (clear errors)."""
+    tok = getattr(model, "tokenizer", None)
+    what = "token ids" if from_tokens else "text prompts"
+    if tok is None:
+        raise TLSpecError(
+            f"route={route!r} pads every prompt to max_length with the tokenizer's pad token, as "
+            f"the paper's notebooks did, but the model has no tokenizer ({what} given); attach "
+            "the tokenizer, or use route='tl_spec' (which needs none for token ids)"
+        )
+    pad = getattr(tok, "pad_token_id", None)
+    if pad is None:  # the notebooks set pad_token = eos_token
+        pad = getattr(tok, "eos_token_id", None)
+    if pad is None:
+        raise TLSpecError(
+            f"route={route!r} pads with the tokenizer's pad token (or EOS, as the notebooks "
+            "did), but the tokenizer has neither; set tokenizer.pad_token first"
+        )
+    side = getattr(tok, "padding_side", "right")
+    if side not in ("left", "right"):
+        raise TLSpecError(f"the tokenizer's padding_side is {side!r}; expected 'left' or 'right'")
+    return tok, int(pad), side
+
+
+def route_inputs(
+    model: Any,
+    inputs: Inputs,
+    *,
+    route: str,
+    max_length: int,
+    min_tokens: int = 2,
+) -> Inputs:
+    """Prompts as a reproduction route of the paper's code prepares them (padded to ``max_length``).
+
+    Text is tokenized by the model's Hugging Face tokenizer exactly as the E11 notebooks called
+    it: ``tokenizer(text, truncation=True, max_length=max_length)`` with its default special
+    tokens (BOS where the tokenizer adds one); a longer prompt is truncated (with a warning).
+    Token ids are used as given (already truncated to ``max_length``). Every prompt is then
+    padded to ``max_length`` with the tokenizer's pad id (EOS where it has none, as the
+    notebooks set it) on the tokenizer's padding side, which :func:`batches` honours. A model
+    without a tokenizer is an error: the route needs its pad token.
+
+    Args:
+        model: the model whose tokenizer pads (and tokenizes text).
+        inputs: the prompts (text or token ids) from :func:`prepare_inputs`.
+        route: the SI route name (``"e11_masked"``, ``"e11_unmasked"``, ``"metrics_py"``).
+        max_length: the padded length (128 in the paper); at most the model's ``cfg.n_ctx``.
+        min_tokens: prompts with fewer real tokens are refused.
+
+    Returns:
+        :class:`Inputs` whose ``tokenized`` has ``pad_to=max_length``.
+
+    >>> inputs = prepare_inputs(model, ["Hi there"], max_length=128, route="e11_unmasked")  # doctest: +SKIP
+    >>> inputs.tokenized.pad_to  # doctest: +SKIP
+    128
+    """
+    tok, pad, side = _route_padding(model, route, inputs.from_tokens)
+    n_ctx = _n_ctx(model)
+    if n_ctx is not None and max_length > n_ctx:
+        raise TLSpecError(
+            f"route={route!r} pads every prompt to max_length={max_length}, beyond the model's "
+            f"context of {n_ctx} tokens (cfg.n_ctx); use max_length <= {n_ctx}"
+        )
+    if inputs.texts is None:
+        ids = list(inputs.tokenized.ids)
+        truncated = inputs.tokenized.n_truncated
+    else:
+        ids, truncated = [], 0
+        for i, text in enumerate(inputs.texts):
+            row = list(tok(text)["input_ids"])
+            if len(row) > max_length:
+                truncated += 1
+                row = list(tok(text, truncation=True, max_length=max_length)["input_ids"])
+            if len(row) < min_tokens:
+                raise TLSpecError(f"prompt {i} ({text!r}) has {len(row)} token(s); attention "
+                                  f"statistics need at least {min_tokens}")
+            ids.append(tuple(int(t) for t in row))
+        if truncated:
+            warnings.warn(
+                f"{truncated} of {len(ids)} prompts were longer than max_length={max_length} "
+                f"tokens and were truncated by the tokenizer (truncation=True), as route "
+                f"{route!r} reproduces; raise max_length to keep them whole.",
+                TLSpecWarning,
+                stacklevel=3,
+            )
+    tokenized = Tokenized(tuple(ids), truncated, None, max_length, route=route,
+                          pad_to=max_length, pad_token=pad, pad_side=side)
+    info = dict(inputs.info, token_ids_sha256=token_ids_sha256(tokenized.ids), route=route,
+                padded_to=max_length, pad_token_id=pad, padding_side=side)
+    return Inputs(tokenized, inputs.texts, info)
 
 
 def _n_ctx(model: Any) -> int | None:
@@ -394,13 +522,19 @@ def pad_batch(
     pad_id: int,
     padding_side: PaddingSide = "right",
     device: torch.device | str | None = None,
+    width: int | None = None,
 ) -> tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"]]:
     """Pad token sequences to one width: ``(tokens, attention_mask)`` with 1 on real tokens.
 
+    ``width`` pads to that many positions (at least the longest sequence); by default to the
+    longest.
+
     >>> pad_batch([(1, 5, 6), (1, 7)], pad_id=0, padding_side="left")[1].tolist()
     [[1, 1, 1], [0, 1, 1]]
+    >>> pad_batch([(1, 7)], pad_id=0, width=4)[0].tolist()
+    [[1, 7, 0, 0]]
     """
-    width = max(len(s) for s in seqs)
+    width = max([len(s) for s in seqs] + [width or 0])
     tokens = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for row, seq in enumerate(seqs):
@@ -422,7 +556,9 @@ def batches(
     """Yield ``(prompt indices, tokens, attention_mask)`` with prompts bucketed by length.
 
     Batches come from :func:`plan_batches` (little padding, few forwards); ``order`` overrides
-    the plan with fixed chunks of ``batch_size`` in that order.
+    the plan with fixed chunks of ``batch_size`` in that order. A reproduction route's
+    ``tokenized`` (``pad_to`` set) pads every batch to ``pad_to`` with its own pad id and side,
+    overriding ``pad_id`` and ``padding_side``.
 
     >>> t = Tokenized(((1, 5, 6), (1, 7)), 0, True, 8)
     >>> [(i, m.tolist()) for i, _, m in batches(t, batch_size=2, pad_id=0, padding_side="left")]
@@ -437,9 +573,13 @@ def batches(
         plan = [list(order)[i : i + batch_size] for i in range(0, len(order), batch_size)]
     else:
         plan = plan_batches(lengths, batch_size=batch_size)
+    if tokenized.pad_to is not None:
+        pad_id = tokenized.pad_token if tokenized.pad_token is not None else pad_id
+        padding_side = tokenized.pad_side or padding_side
     for chunk in plan:
         tokens, mask = pad_batch([tokenized.ids[i] for i in chunk], pad_id=pad_id,
-                                 padding_side=padding_side, device=device)
+                                 padding_side=padding_side, device=device,
+                                 width=tokenized.pad_to)
         yield chunk, tokens, mask
 
 

@@ -110,6 +110,10 @@ class DeltaResult(Result):
         return {"SI base": self.base.value, "SI tuned": self.tuned.value,
                 "ΔSI %": self.delta_pct, "CI": self.interval, "p": self.pvalue}
 
+    def tags(self) -> list[str]:
+        """The SI method, and the route when it is a reproduction route (as the SI results)."""
+        return self.base.tags()
+
     def heat(self) -> tuple[str, np.ndarray, bool | None]:
         """Per-head change of the per-head score, tuned − base (diverging around 0)."""
         meaning = self.base.settings.get("per_head_meaning") or "per-head score"
@@ -120,7 +124,9 @@ class DeltaResult(Result):
         iv = self.interval
         base, tuned = self.model_names()
         lines = [
-            f"ΔSI of {tuned} vs {base}, method: {self.method}",
+            f"ΔSI of {tuned} vs {base}, method: {self.method}"
+            + ("" if self.base.route == "tl_spec" else
+               f", route: {self.base.route} (a reproduction of an artifact of the paper's code)"),
             f"SI base  = {self.base.value:.6f}",
             f"SI tuned = {self.tuned.value:.6f}",
             f"ΔSI = {self.delta_pct:+.3f} %   {iv.level:.0%} CI [{iv.low:+.3f}, {iv.high:+.3f}] "
@@ -232,6 +238,9 @@ def delta_from_results(
     st = StatsOptions.build(stats, **option_values)
     if base.method != tuned.method:
         raise TLSpecError(f"the SI results use different methods ({base.method} vs {tuned.method})")
+    if base.route != tuned.route:
+        raise TLSpecError(f"the SI results use different routes ({base.route} vs {tuned.route}); "
+                          "measure both with the same SIOptions.route")
     if base.per_head.shape != tuned.per_head.shape:
         raise TLSpecError(
             f"the models differ in shape: base has [layers, heads] = {list(base.per_head.shape)}, "
@@ -430,7 +439,9 @@ def delta_si(
             _same_tokens(inputs_b, prepare_inputs(tuned, prompts, max_length=opts.max_length,
                                                   prepend_bos=opts.prepend_bos))
         bos = getattr(tuned.tokenizer, "bos_token", None)
-        if bos and all(p.startswith(bos) for p in rendered):
+        if bos and all(p.startswith(bos) for p in rendered) and opts.route == "tl_spec":
+            # (a reproduction route tokenizes the rendered text as the notebooks did, with the
+            # tokenizer's own special tokens, a doubled BOS included)
             opts_t = opts.replace(prepend_bos=False)  # the template already starts with BOS
         inputs_t = prepare_inputs(tuned, rendered, max_length=opts.max_length,
                                   prepend_bos=opts_t.prepend_bos)

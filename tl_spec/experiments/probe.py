@@ -216,7 +216,8 @@ def perturbation_probe(
     boot_seed = st.seed if ("seed" in option_values or stats is not None) else opts.seeds[0]
     require_pattern_hooks(model)
     inputs = prepare_inputs(model, prompts, attention_mask=attention_mask,
-                            max_length=si.max_length, prepend_bos=si.prepend_bos)
+                            max_length=si.max_length, prepend_bos=si.prepend_bos,
+                            route=si.route)
     st.check_units(len(inputs))
     facts = describe(model, seq_len=si.max_length)
     layer_list = _layers(opts.layers, facts.n_layers)
@@ -224,7 +225,7 @@ def perturbation_probe(
     conds = [NoiseCondition(tuple(layer_list), opts.sigma, s, opts.site) for s in opts.seeds]
     sweep = _run(model, inputs, conds, si, relative=opts.relative, fast=opts.fast,
                  progress=progress)
-    lengths = np.array(inputs.tokenized.lengths)
+    lengths = np.array(inputs.tokenized.norm_lengths)
     clean = prompt_summary(method, sweep.clean, lengths)
     noised = np.stack([prompt_summary(method, r, lengths) for r in sweep.noised])  # [S, P, ...]
     si_clean = float(si_value_from_prompts(method, clean))
@@ -367,7 +368,8 @@ def probe_sweep(
     _per_prompt_only(si, "sweep")
     require_pattern_hooks(model)
     inputs = prepare_inputs(model, prompts, attention_mask=attention_mask,
-                            max_length=si.max_length, prepend_bos=si.prepend_bos)
+                            max_length=si.max_length, prepend_bos=si.prepend_bos,
+                            route=si.route)
     facts = describe(model, seq_len=si.max_length)
     method, names = si.method, list(opts.regions)
     layer_sets = {n: _layers(n, facts.n_layers) for n in names}
@@ -375,7 +377,7 @@ def probe_sweep(
              for n in names for s in opts.sigmas for seed in opts.seeds]
     sweep = _run(model, inputs, conds, si, relative=opts.relative, fast=opts.fast,
                  progress=progress)
-    lengths = np.array(inputs.tokenized.lengths)
+    lengths = np.array(inputs.tokenized.norm_lengths)
     si_clean = float(si_value_from_prompts(method, prompt_summary(method, sweep.clean, lengths)))
     flat = np.array([float(si_value_from_prompts(method, prompt_summary(method, r, lengths)))
                         for r in sweep.noised])

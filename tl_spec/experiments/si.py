@@ -32,12 +32,13 @@ from tl_spec.metrics.specialization import (
 )
 from tl_spec.models import describe, require_pattern_hooks
 from tl_spec.names import head_label, head_labels
-from tl_spec.options.si import METHODS, Aggregate, Method, Region, SIOptions
+from tl_spec.options.si import ROUTES_WITH_PAD_ROWS, METHODS, Aggregate, Method, Region, SIOptions
 from tl_spec.records import Result, array, provenance
-from tl_spec.tokens import Inputs, PromptInput, prepare_inputs
+from tl_spec.tokens import Inputs, PromptInput, prepare_inputs, route_inputs
 
 __all__ = [
     "METHODS",
+    "ROUTE_NOTE",
     "Aggregate",
     "Method",
     "SIOptions",
@@ -50,6 +51,16 @@ __all__ = [
 
 _STAT_FOR = {"pattern": "correlation", "entropy_profile": "column_entropy",
              "normalized_entropy": "row_entropy"}
+#: What each reproduction route reproduces (shown by summaries and reports).
+ROUTE_NOTE = {
+    "e11_masked": "the E11 notebooks' masked route: tokenizer's special tokens, padded to "
+                  "max_length, valid rows and keys only",
+    "e11_unmasked": "the E11 notebooks' unmasked route: padded to max_length, pad rows averaged "
+                    "in",
+    "metrics_py": "src/metrics.py: padded to max_length, pad rows averaged in, H_max = "
+                  "ln(max_length)",
+}
+_ALL_ROWS = ROUTES_WITH_PAD_ROWS
 _PER_HEAD_MEANING = {
     "pattern": "1 - mean correlation with the other heads of the layer",
     "entropy_profile": "normalized entropy of the mean attention row (the E matrix)",
@@ -96,6 +107,16 @@ class SIResult(Result):
     @property
     def n_heads(self) -> int:
         return int(self.per_head.shape[1])
+
+    @property
+    def route(self) -> str:
+        """The SI route measured: ``"tl_spec"`` or a reproduction of the paper's code."""
+        return str(self.settings.get("route", "tl_spec"))
+
+    def tags(self) -> list[str]:
+        """The method, and the route when it is a reproduction route."""
+        tags = [self.method]
+        return tags if self.route == "tl_spec" else [*tags, f"route={self.route}"]
 
     def headline(self) -> dict[str, Any]:
         """``{"SI": value, "prompts": n}``."""
@@ -144,6 +165,9 @@ class SIResult(Result):
         """A per-layer text table and the model-level value."""
         lines = [f"SI of {', '.join(self.model_names())}, method: {self.method}  "
                  f"({_PER_HEAD_MEANING[self.method]} per head)"]
+        if self.route != "tl_spec":
+            lines.append(f"route: {self.route}, a reproduction of an artifact of the paper's "
+                         f"code ({ROUTE_NOTE.get(self.route, '')})")
         if self.per_layer is not None:
             lines.append(f"{'layer':>5}  {'SI':>8}  {'min head':>9}  {'max head':>9}")
             for layer, v in enumerate(self.per_layer):
@@ -250,21 +274,42 @@ def specialization_index(
     opts = SIOptions.build(options, **option_values)
     require_pattern_hooks(model)
     inputs = prepare_inputs(model, prompts, attention_mask=attention_mask,
-                            max_length=opts.max_length, prepend_bos=opts.prepend_bos)
+                            max_length=opts.max_length, prepend_bos=opts.prepend_bos,
+                            route=opts.route)
     return si_from_inputs(model, inputs, opts, progress=progress)
+
+
+def _routed(model: Any, inputs: Inputs, opts: SIOptions) -> Inputs:
+    """``inputs`` as ``opts.route`` prepares them (re-tokenized and padded where needed)."""
+    have = inputs.tokenized.route
+    if have == opts.route and (have == "tl_spec" or inputs.tokenized.pad_to == opts.max_length):
+        return inputs
+    if opts.route == "tl_spec":
+        raise TLSpecError(
+            f"these inputs were prepared for route={have!r} but the options say route='tl_spec'; "
+            "prepare them again with prepare_inputs(..., route='tl_spec')"
+        )
+    return route_inputs(model, inputs, route=opts.route, max_length=opts.max_length)
 
 
 def si_from_inputs(model: Any, inputs: Inputs, opts: SIOptions, *,
                    progress: bool = False) -> SIResult:
     """:func:`specialization_index` on prompts already prepared by :func:`~tl_spec.tokens.prepare_inputs`."""
-    method, region, aggregate = opts.method, opts.region, opts.aggregate
+    method, region, aggregate, route = opts.method, opts.region, opts.aggregate, opts.route
+    inputs = _routed(model, inputs, opts)
     facts = describe(model, seq_len=opts.max_length)
     tokenized = inputs.tokenized
     stat = "mean_pattern" if aggregate == "mean_pattern" else _STAT_FOR[method]
+    routed = route != "tl_spec"
+    # a route's batches are padded to max_length on the tokenizer's side (tokens.batches); the
+    # model runs them unmasked, from position 0, and the hooks apply the padding mask exactly
+    # as Hugging Face eager attention does
     stats = PatternStats(model, stats=(stat,), region=region, dtype=opts.torch_dtype,
-                         max_positions=max(tokenized.lengths))
+                         max_positions=max(tokenized.lengths),
+                         rows="all" if route in _ALL_ROWS else "valid", eager_padding=routed)
     order = run_batches(model, tokenized, stats, batch_size=opts.batch_size,
-                        padding_side=opts.padding_side, progress=progress)
+                        padding_side="right" if routed else opts.padding_side,
+                        progress=progress)
     raw = stats.collect()
     inverse = np.argsort(order)
     kv = facts.n_kv_heads
@@ -301,9 +346,8 @@ def si_from_inputs(model: Any, inputs: Inputs, opts: SIOptions, *,
         if np.isnan(value):
             raise TLSpecError("entropy-profile SI undefined: every head's profile is constant")
     else:
-        per_prompt_head, per_prompt = si_from_row_entropy(
-            raw["row_entropy"][inverse], np.array(tokenized.lengths)
-        )
+        per_prompt_head, per_prompt = si_from_row_entropy(raw["row_entropy"][inverse],
+                                                          np.array(tokenized.norm_lengths))
         per_layer = per_prompt.mean(axis=0)
         per_head = per_prompt_head.mean(axis=0)
         value = float(per_layer.mean())
@@ -312,6 +356,9 @@ def si_from_inputs(model: Any, inputs: Inputs, opts: SIOptions, *,
                     n_prompts=len(tokenized.ids), n_truncated=tokenized.n_truncated,
                     input="token ids" if inputs.from_tokens else "text",
                     per_head_meaning=_PER_HEAD_MEANING[method])
+    if routed:
+        settings.update(route_note=ROUTE_NOTE[route], padded_to=tokenized.pad_to,
+                        pad_token_id=tokenized.pad_token, route_padding_side=tokenized.pad_side)
     return SIResult(
         method=method,
         value=float(value),

@@ -39,7 +39,7 @@ from tl_spec.hooks.noising import NoiseHooks, prompt_key, site_hook_name
 from tl_spec.metrics.patterns import Region
 from tl_spec.resume import can_start_at_layer, forward_from_layer
 from tl_spec.names import hook_name
-from tl_spec.options.si import SIOptions
+from tl_spec.options.si import ROUTES_WITH_PAD_ROWS, SIOptions
 from tl_spec.tokens import PaddingSide, Tokenized, pad_batch, pad_id, plan_batches
 
 __all__ = ["NoiseCondition", "SweepStats", "run_sweep"]
@@ -103,7 +103,13 @@ class _Runner:
         self.pad = pad_id(model)
         self.n_layers = int(model.cfg.n_layers)
         self.keys = [prompt_key(ids) for ids in tokenized.ids]
-        self.can_start = can_start_at_layer(model)
+        # a reproduction route (SIOptions.route) pads to tokenized.pad_to and its pad rows
+        # matter: whole forwards, the padding mask applied inside the hooks
+        self.routed = tokenized.pad_to is not None
+        self.can_start = can_start_at_layer(model) and not self.routed
+        if self.routed:
+            self.pad = tokenized.pad_token if tokenized.pad_token is not None else self.pad
+            self.side = tokenized.pad_side or self.side
         self.forwards: dict[str, int] = defaultdict(int)
         self.resid_store: dict[tuple[Any, int, int, int], torch.Tensor] = {}
         self.plan: list[tuple[str, int, list[int]]] = []
@@ -125,14 +131,17 @@ class _Runner:
         for chunk in self._chunks(list(rows)):
             prompts = [p for p, _ in chunk]
             tokens, mask = pad_batch([self.tok.ids[p] for p in prompts], pad_id=self.pad,
-                                     padding_side=self.side, device=self.device)
-            model_mask = torch.ones_like(mask) if self.side == "right" else mask
+                                     padding_side=self.side, device=self.device,
+                                     width=self.tok.pad_to)
+            model_mask = torch.ones_like(mask) if self.side == "right" or self.routed else mask
             hooks: list[tuple[str, Any]] = []
             pstats = None
             if self.stats and stats_from < self.n_layers:
                 pstats = PatternStats(self.model, stats=self.stats, region=self.region,
                                       layers=range(stats_from, self.n_layers),
-                                      dtype=self.stat_dtype)
+                                      dtype=self.stat_dtype, eager_padding=self.routed,
+                                      rows="all" if self.tok.route in ROUTES_WITH_PAD_ROWS
+                                      else "valid")
                 pstats.attention_mask = mask
                 hooks += pstats.fwd_hooks
             if noise is not None:

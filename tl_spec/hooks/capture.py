@@ -8,8 +8,8 @@ per-prompt tensors; no activation cache is ever held. It also checks every forwa
 non-finite values, whatever the backend: a real token's attention row must be finite and carry
 weight (``HookedTransformer`` turns NaN patterns into zero rows before any hook sees them), and
 the residual stream after each measured layer (``blocks.{l}.hook_resid_post``; for the model's
-last layer its attention output) must be finite;
-:meth:`PatternStats.collect` raises a :class:`~tl_spec.errors.TLSpecError` naming the layer.
+last layer its attention output) must be finite (with ``rows="all"``, every position's, pad
+rows included, since they are measured); :meth:`PatternStats.collect` raises a :class:`~tl_spec.errors.TLSpecError` naming the layer.
 
 >>> stats = PatternStats(model, stats=("correlation", "column_entropy"))  # doctest: +SKIP
 >>> model.run_with_hooks(tokens, attention_mask=mask,                     # doctest: +SKIP
@@ -36,13 +36,16 @@ from tl_spec.metrics.patterns import (
     head_correlations,
     row_entropy,
 )
+from tl_spec.metrics.routes import eager_padding_scores
 from tl_spec.models import layer_windows, require_pattern_hooks
 from tl_spec.names import hook_name
 from tl_spec.tokens import real_tokens
 
-__all__ = ["STATS", "PatternStats", "Stat", "pattern_hook_name"]
+__all__ = ["ROWS", "STATS", "PatternStats", "Rows", "Stat", "pattern_hook_name"]
 
 Stat = Literal["correlation", "column_entropy", "row_entropy", "mean_pattern"]
+Rows = Literal["valid", "all"]
+ROWS: tuple[str, ...] = ("valid", "all")
 STATS: tuple[str, ...] = ("correlation", "column_entropy", "row_entropy", "mean_pattern")
 
 def _non_finite_parameters(model: Any, limit: int = 3) -> list[str]:
@@ -81,6 +84,14 @@ class PatternStats(HookSet):
     :meth:`collect` at the end. A :class:`~tl_spec.hooks.base.HookSet`: iterating gives the
     ``(name, fn)`` pairs, so it composes with other hook objects.
 
+    Two switches serve the reproduction routes of the paper's code (``SIOptions.route``):
+    ``rows="all"`` averages every query row and key into the entropies, pad rows included (the
+    unmasked E11 route and ``src/metrics.py``; the finiteness checks then cover every position,
+    since every position is measured); ``eager_padding=True`` adds one ``hook_attn_scores`` hook
+    per layer that applies the batch's padding mask as Hugging Face eager attention does
+    (:func:`~tl_spec.metrics.routes.eager_padding_scores`), for a model run without a mask on
+    a padded batch (so positions count from 0 on every backend, as Hugging Face counts them).
+
     >>> stats = PatternStats(model, stats=("row_entropy",))  # doctest: +SKIP
     >>> with model.hooks(fwd_hooks=[*stats.bind(tokens, mask)]):  # doctest: +SKIP
     ...     model(tokens, attention_mask=mask)
@@ -95,8 +106,16 @@ class PatternStats(HookSet):
         layers: Sequence[int] | None = None,
         dtype: torch.dtype = torch.float64,
         max_positions: int | None = None,
+        rows: Rows = "valid",
+        eager_padding: bool = False,
     ) -> None:
         require_pattern_hooks(model)
+        if rows not in ROWS:
+            raise TLSpecError(f"rows must be 'valid' (real tokens only) or 'all' (pad rows "
+                              f"included, the unmasked routes), got {rows!r}")
+        if rows == "all" and ("correlation" in stats or "mean_pattern" in stats):
+            raise TLSpecError("rows='all' applies to the entropies (column_entropy, row_entropy); "
+                              "the pattern statistics always use real tokens only")
         unknown = [s for s in stats if s not in STATS]
         if unknown or not stats:
             raise TLSpecError(f"unknown statistic(s) {unknown or stats!r}; choose from {STATS}")
@@ -115,6 +134,8 @@ class PatternStats(HookSet):
         self.attention_mask: torch.Tensor | None = None
         self.n_heads = int(model.cfg.n_heads)
         self.max_positions = max_positions
+        self.rows: Rows = rows
+        self.eager_padding = bool(eager_padding)
         self._per_batch: dict[str, dict[int, list[torch.Tensor]]] = {
             s: {layer: [] for layer in self.layers} for s in self.stats if s != "mean_pattern"
         }
@@ -139,14 +160,32 @@ class PatternStats(HookSet):
         tokens' residual stream stayed finite (``hook_resid_post``; ``hook_attn_out`` of the
         model's last layer); the checks change nothing.
         """
-        hooks = [(pattern_hook_name(layer), self._make_hook(layer)) for layer in self.layers]
+        hooks = []
+        if self.eager_padding:
+            hooks += [(hook_name("attn_scores", layer), self._make_score_hook(layer))
+                      for layer in self.layers]
+        hooks += [(pattern_hook_name(layer), self._make_hook(layer)) for layer in self.layers]
         hooks += [(name, self._make_resid_hook(layer)) for layer, name in self._checks]
         return hooks
+
+    def _measured(self, batch: int, n: int, device: torch.device) -> torch.Tensor:
+        """Positions whose rows the statistics use: real tokens, or every one with rows='all'."""
+        valid = real_tokens(self.attention_mask, batch, n, device, owner="stats")
+        return torch.ones_like(valid) if self.rows == "all" else valid
+
+    def _make_score_hook(self, layer: int) -> Callable[..., torch.Tensor]:
+        def hook(scores: torch.Tensor, *, hook: Any = None) -> torch.Tensor:
+            batch, n = scores.shape[0], scores.shape[-1]
+            valid = real_tokens(self.attention_mask, batch, n, scores.device, owner="stats")
+            return eager_padding_scores(scores, valid, window=self.windows[layer])
+
+        hook.__name__ = f"tl_spec_eager_padding_L{layer}"
+        return hook
 
     def _make_resid_hook(self, layer: int) -> Callable[..., None]:
         def hook(resid: torch.Tensor, *, hook: Any = None) -> None:
             batch, n = resid.shape[:2]
-            token_valid = real_tokens(self.attention_mask, batch, n, resid.device, owner="stats")
+            token_valid = self._measured(batch, n, resid.device)
             finite = torch.isfinite(resid).all(-1)
             self._bad_resid[layer].append((token_valid & ~finite).any())
             return None
@@ -169,22 +208,23 @@ class PatternStats(HookSet):
         """Reduce one layer's pattern for the current batch (what each hook calls)."""
         batch, _, n_q, _ = pattern.shape
         token_valid = real_tokens(self.attention_mask, batch, n_q, pattern.device, owner="stats")
+        measured = self._measured(batch, n_q, pattern.device)
         row_sums = pattern.sum(-1)
         # a real query attends at least to itself: a NaN/Inf row, or an exactly zero one (what
         # HookedTransformer makes of NaN scores; attention sinks leave rows below 1, not at 0),
         # means the forward pass went wrong
         broken = ~torch.isfinite(row_sums) | (row_sums == 0)
-        self._bad_rows[layer].append((token_valid[:, None, :] & broken).any())
+        self._bad_rows[layer].append((measured[:, None, :] & broken).any())
         store = self._per_batch
         if "correlation" in store:
             valid = entry_mask(token_valid, region=self.region, window=self.windows[layer])
             store["correlation"][layer].append(head_correlations(pattern, valid, dtype=self.dtype))
         if "column_entropy" in store:
-            ent = column_entropy(pattern, token_valid, token_valid, dtype=self.dtype)
+            ent = column_entropy(pattern, measured, measured, dtype=self.dtype)
             store["column_entropy"][layer].append(ent)
         if "row_entropy" in store:
             store["row_entropy"][layer].append(
-                row_entropy(pattern, token_valid, token_valid, dtype=self.dtype)
+                row_entropy(pattern, measured, measured, dtype=self.dtype)
             )
         if "mean_pattern" in self.stats:
             self._accumulate(layer, pattern, token_valid)
@@ -223,7 +263,8 @@ class PatternStats(HookSet):
         first = min(rows + resid)
         where = []
         if rows:
-            where.append(f"attention rows of real tokens that are NaN/Inf or empty in layers {rows}")
+            which = "measured tokens (pad rows included)" if self.rows == "all" else "real tokens"
+            where.append(f"attention rows of {which} that are NaN/Inf or empty in layers {rows}")
         if resid:
             where.append(f"a non-finite residual stream (hook_resid_post, or hook_attn_out of the "
                          f"last layer) in layers {resid}")

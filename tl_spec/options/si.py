@@ -19,8 +19,8 @@ from typing import Any, Literal
 from tl_spec.errors import TLSpecError
 from tl_spec.options.base import Options, option
 
-__all__ = ["METHODS", "Aggregate", "Method", "PaddingSide", "Region", "SIOptions", "StatDtype",
-           "StatsOptions"]
+__all__ = ["METHODS", "ROUTES", "ROUTE_METHOD", "Aggregate", "Method", "PaddingSide", "Region",
+           "Route", "ROUTES_WITH_PAD_ROWS", "SIOptions", "StatDtype", "StatsOptions"]
 
 Method = Literal["pattern", "entropy_profile", "normalized_entropy"]
 Region = Literal["lower", "full"]
@@ -28,6 +28,14 @@ Aggregate = Literal["prompt", "mean_pattern"]
 PaddingSide = Literal["left", "right"]
 StatDtype = Literal["float64", "float32"]
 METHODS: tuple[str, ...] = ("pattern", "entropy_profile", "normalized_entropy")
+Route = Literal["tl_spec", "e11_masked", "e11_unmasked", "metrics_py"]
+ROUTES: tuple[str, ...] = ("tl_spec", "e11_masked", "e11_unmasked", "metrics_py")
+#: The SI method each reproduction route of the paper's code belongs to.
+ROUTE_METHOD: dict[str, str] = {"e11_masked": "entropy_profile",
+                                "e11_unmasked": "entropy_profile",
+                                "metrics_py": "normalized_entropy"}
+#: The routes whose statistics average the pad rows in (and normalise by the padded length).
+ROUTES_WITH_PAD_ROWS: tuple[str, ...] = ("e11_unmasked", "metrics_py")
 
 
 def _dtype_name(value: Any) -> Any:
@@ -54,6 +62,12 @@ class SIOptions(Options):
             Token inputs are used as given.
         padding_side: where pads go inside a batch; results do not depend on it.
         stat_dtype: precision of the statistics computed inside the hooks.
+        route: ``"tl_spec"`` (the clean measurement: each prompt unpadded, valid tokens only) or
+            a reproduction of the paper's own code, artifacts included: ``"e11_masked"`` and
+            ``"e11_unmasked"`` (``method="entropy_profile"``; every prompt tokenized by the
+            tokenizer, padded to ``max_length``; the unmasked route averages the pad rows in),
+            ``"metrics_py"`` (``method="normalized_entropy"``: padded to ``max_length``, pad rows
+            averaged in, normalised by ln ``max_length``). See ``docs/reproduction/routes.md``.
 
     >>> SIOptions.build(max_length=64).to_dict()["max_length"]
     64
@@ -74,6 +88,9 @@ class SIOptions(Options):
     padding_side: PaddingSide = option("right", "padding side inside a batch (results do not "
                                        "depend on it)")
     stat_dtype: StatDtype = option("float64", "precision of the statistics inside the hooks")
+    route: Route = option("tl_spec", "tl_spec (clean, default) or a reproduction of the paper's "
+                          "code, artifacts included: e11_masked, e11_unmasked (method "
+                          "entropy_profile), metrics_py (method normalized_entropy)")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stat_dtype", _dtype_name(self.stat_dtype))
@@ -83,6 +100,21 @@ class SIOptions(Options):
         if self.aggregate == "mean_pattern" and self.method != "pattern":
             raise TLSpecError(
                 f"aggregate='mean_pattern' applies to method='pattern' only, not {self.method!r}"
+            )
+        if self.route == "tl_spec":
+            return
+        needed = ROUTE_METHOD[self.route]
+        if self.method != needed:
+            raise TLSpecError(
+                f"route={self.route!r} reproduces the paper's {needed} code, so it needs "
+                f"method={needed!r}, not {self.method!r}; pass method={needed!r} (or "
+                "route='tl_spec' for this method)"
+            )
+        if self.prepend_bos is not None:
+            raise TLSpecError(
+                f"route={self.route!r} tokenizes as the paper's notebooks did (the tokenizer's own "
+                f"special tokens), so prepend_bos must stay None, not {self.prepend_bos!r}; use "
+                "route='tl_spec' to choose BOS yourself"
             )
 
     @property

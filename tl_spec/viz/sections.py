@@ -95,7 +95,13 @@ def register_section(kind: str) -> Callable[[SectionRenderer], SectionRenderer]:
 def render_section(result: Any, ctx: ReportContext) -> Section:
     """Render ``result`` with the renderer of its kind (or the generic one)."""
     kind = getattr(result, "kind", "result")
-    return SECTION_RENDERERS.get(kind, _generic)(result, ctx)
+    section = SECTION_RENDERERS.get(kind, _generic)(result, ctx)
+    # any result measured on a reproduction route (SIOptions.route) says so, whatever its kind
+    settings = getattr(result, "settings", None) or {}
+    note = _route_note(settings if "route" in settings else settings.get("si_options"))
+    if note and "r-route" not in section.html:
+        section.html = note + section.html
+    return section
 
 
 def _label(model_ref: Any) -> str:
@@ -252,6 +258,23 @@ def _drill_grid(grid_kwargs: dict[str, Any], scores: Any, sets: list[PatternSet]
     return grid
 
 
+def _route_note(settings: dict[str, Any] | None) -> str:
+    """A warning line for a result measured on a reproduction route (``SIOptions.route``)."""
+    route = (settings or {}).get("route", "tl_spec")
+    if route in (None, "tl_spec"):
+        return ""
+    what = (settings or {}).get("route_note", "")
+    return (f'<p class="tlspec-note r-route"><b>Route {esc(str(route))}: reproduction of an '
+            f"artifact of the paper's code</b>{' (' + esc(str(what)) + ')' if what else ''}. "
+            "Not tl_spec's clean measurement: compare with route tl_spec to see how much of "
+            "the number the route itself contributes.</p>")
+
+
+def _route_title(settings: dict[str, Any] | None) -> str:
+    route = (settings or {}).get("route", "tl_spec")
+    return "" if route in (None, "tl_spec") else f", route {route}"
+
+
 # ---------------------------------------------------------------- built-in renderers
 
 @register_section("specialization_index")
@@ -288,10 +311,11 @@ def _render_si(result: Any, ctx: ReportContext) -> Section:
                           f"<td>{_num(float(np.nanmean(result.between_group[layer])))}</td>")
             rows.append(f"<tr>{cells}</tr>")
         table = (f'<h3>SI by layer</h3><table class="r-table">{head}{"".join(rows)}</table>')
-    html = (_stats(stats) + table + "<h3>Heads</h3>" + grid.html(include_runtime=False,
-                                                                   include_patterns=False)
+    html = (_route_note(result.settings) + _stats(stats) + table + "<h3>Heads</h3>"
+            + grid.html(include_runtime=False, include_patterns=False)
             + _provenance(prov, result.settings))
-    return Section(f"SI ({result.method}) · {_label(prov.get('model', 'model'))}", html, [grid],
+    return Section(f"SI ({result.method}{_route_title(result.settings)}) · "
+                   f"{_label(prov.get('model', 'model'))}", html, [grid],
                    subtitle=str(prov.get("model", "")))
 
 
@@ -343,10 +367,11 @@ def _render_delta(result: Any, ctx: ReportContext) -> Section:
                  '<p class="tlspec-note">Intervals are Bonferroni-simultaneous over layers; '
                  "“changed” marks layers whose Holm-adjusted p is below 1 − confidence. ΔSI is "
                  f"the relative change in % as in {cite('delia2026', 'Table 4')}.</p>")
-    html = (_stats(stats) + table + "<h3>Heads</h3>"
+    html = (_route_note(result.base.settings) + _stats(stats) + table + "<h3>Heads</h3>"
             + grid.html(include_runtime=False, include_patterns=False)
             + _provenance(prov, result.settings))
-    return Section(f"ΔSI ({result.method}) · {_label(base_ref)} → {_label(tuned_ref)}", html, [grid],
+    return Section(f"ΔSI ({result.method}{_route_title(result.base.settings)}) · "
+                   f"{_label(base_ref)} → {_label(tuned_ref)}", html, [grid],
                    subtitle=f"{base_ref} → {tuned_ref}")
 
 
