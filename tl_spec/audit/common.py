@@ -216,7 +216,7 @@ def ppl_slope(sigmas: Float[np.ndarray, " n"] | Sequence[float],
     """Slope of PPL versus noise sigma, as the paper computes it (``linregress``), with r^2.
 
     >>> round(ppl_slope([0, 1, 2, 3], [0.0, 2.0, 2.0, 4.0]).r_squared, 4)
-    0.8
+    0.9
     """
     from scipy.stats import linregress
 
@@ -276,7 +276,7 @@ def pct_change(new: float, old: float) -> float:
 
 def check(source: str, item: str, published: float | None, published_text: str,
           artifact: float | None, artifact_text: str, *, tol: float | None = None,
-          cause: str = "", files: Sequence[str] = ()) -> Check:
+          cause: str = "", files: Sequence[str] = (), note: str = "") -> Check:
     """A :class:`Check` whose verdict follows from the numbers: no artifact when ``artifact`` is
     None, reproduced when ``|artifact - published| <= tol``, else differs.
 
