@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tl_spec.audit.common import Check, Flag, PaperFile, check, dicts, num, pct_change
+from tl_spec.audit.common import Check, Flag, PaperFile, check, dicts, dig, num, pct_change
 from tl_spec.audit.e06 import find_fit
 from tl_spec.audit.e08 import phi_index
 from tl_spec.audit.e11 import AuditRow
@@ -123,12 +123,14 @@ def _a2(claim: dict[str, Any], files: list[PaperFile]) -> list[Check]:
                                 rng[0] if rng else None, [ll2.name], "healing % (MHA)"))
     ctl = indra_file(files, "E11T_indra_B_base_control")
     if ctl is not None:
-        res = ctl.doc.get("results") or {}
-        base = num((res.get("baseline") or {}).get("specialization_index"))
+        base = num(dig(ctl.doc, "results", "baseline", "specialization_index"))
         val = None
-        for t in res.get("treatments", []):
-            for test in t.get("noise_tests", []) if t.get("region") == "early" else []:
-                seeds = [num(v) for v in (test.get("seed_values") or {}).values()]
+        treatments = dig(ctl.doc, "results", "treatments")
+        for t in treatments if isinstance(treatments, list) else []:
+            tests = dig(t, "noise_tests") if dig(t, "region") == "early" else None
+            for test in tests if isinstance(tests, list) else []:
+                sv = dig(test, "seed_values")
+                seeds = [num(v) for v in sv.values()] if isinstance(sv, dict) else []
                 if num(test.get("noise_std")) == 0.02 and seeds and None not in seeds and base:
                     val = pct_change(sum(seeds) / len(seeds), base)
         out.append(_range_check("A2", claim, [("LLaMA-3.1-8B base, early, sigma 0.02", val)]
@@ -149,7 +151,7 @@ def _a5(claim: dict[str, Any], files: list[PaperFile], rows: list[AuditRow]) -> 
     vals, used, flags = [], [], []
     canon = next((f for f in files if f.name == _base(claim.get("canonical_result", ""))
                   and f.problem is None), None)
-    if canon is not None and isinstance(canon.doc.get("summary"), dict):
+    if canon is not None and isinstance(dig(canon.doc, "summary"), dict):
         for size, node in canon.doc["summary"].items():
             if isinstance(node, dict) and "base_si" in node:
                 vals += [(f"{size} {k} (stored)", num(node.get(k))) for k in ("base_si", "instruct_si")]
@@ -234,7 +236,7 @@ def claim_checks(claims: dict[str, Any], files: list[PaperFile],
     flags: list[Flag] = []
     handlers = {"A1": lambda c: _a1(c, rows), "A2": lambda c: _a2(c, files),
                 "A4": lambda c: _a4(c, files)}
-    for cid, claim in (claims.get("claims") or {}).items():
+    for cid, claim in (dig(claims, "claims") if isinstance(dig(claims, "claims"), dict) else {}).items():
         if not isinstance(claim, dict):
             continue
         if cid in handlers:
@@ -251,7 +253,8 @@ def claim_checks(claims: dict[str, Any], files: list[PaperFile],
                                 "qualitative claim" + (" (E04 stores repetition-score fragility, "
                                                        "not SI)" if "E04" in str(claim) else ""),
                                 [_base(r) for r in claim.get("results", [])]))
-    for name, entry in (claims.get("supporting_evidence") or {}).items():
+    evidence = dig(claims, "supporting_evidence")
+    for name, entry in (evidence if isinstance(evidence, dict) else {}).items():
         if isinstance(entry, dict):
             checks.append(_supporting(str(name), entry, files))
     return checks, flags

@@ -40,6 +40,7 @@ __all__ = [
     "SlopeFit",
     "check",
     "dicts",
+    "dig",
     "load_paper_file",
     "num",
     "paper_rows",
@@ -133,6 +134,19 @@ def num(x: Any) -> float | None:
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return None
     return float(x) if math.isfinite(x) else None
+
+
+def dig(node: Any, *keys: str) -> Any:
+    """``node[k1][k2]...`` through dicts only; ``None`` as soon as a step is missing or no dict.
+
+    >>> dig({"a": {"b": 1}}, "a", "b"), dig({"a": "x"}, "a", "b")
+    (1, None)
+    """
+    for key in keys:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(key)
+    return node
 
 
 def dicts(node: Any, path: str = "") -> Iterator[tuple[str, dict]]:

@@ -11,7 +11,7 @@ stored errors (E04b's Falcon pair failed with a traceback while the summary coun
 
 from __future__ import annotations
 
-from tl_spec.audit.common import Check, Flag, PaperFile, check, dicts, num
+from tl_spec.audit.common import Check, Flag, PaperFile, check, dicts, dig, num
 
 __all__ = ["audit_e04", "e04_metric"]
 
@@ -56,8 +56,8 @@ def audit_e04(files: list[PaperFile]) -> tuple[list[Check], list[Flag]]:
             base, inst = node.get("base"), node.get("instruct")
             if isinstance(node.get("verdict"), dict) and "gqa_delta" in node["verdict"] \
                     and isinstance(base, dict) and isinstance(inst, dict):
-                b = num((base.get("fragility") or {}).get("fragility_score"))
-                i = num((inst.get("fragility") or {}).get("fragility_score"))
+                b = num(dig(base, "fragility", "fragility_score"))
+                i = num(dig(inst, "fragility", "fragility_score"))
                 stored = num(node["verdict"]["gqa_delta"])
                 if None not in (b, i, stored):
                     checks.append(check(f.name, "gqa_delta (instruct - base fragility)", stored,

@@ -118,6 +118,6 @@ def audit_e06(files: list[PaperFile]) -> tuple[list[Check], list[Flag]]:
                     checks.append(check(
                         f.name, f"{num_key}/{den_key} PPL-slope ratio (stored)", stored,
                         f"{stored:,.1f}x", ratio, f"{ratio:,.1f}x from the refitted slopes "
-                        f"(one seed: {f.doc.get('seed')})", tol=1e-6 * stored,
+                        f"(one seed: {a.seed})", tol=1e-6 * stored,
                         files=[f.name]))
     return checks, flags

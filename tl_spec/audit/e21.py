@@ -11,7 +11,7 @@ and lists every "rho" of the package with the formula its value follows.
 ...        "ppl_slope": 1000.0}]}
 >>> checks, flags = audit_e21([PaperFile("E21_x.json", doc, None, "e21")])
 >>> [c.verdict for c in checks], [f.kind for f in flags]
-(['reproduced', 'reproduced'], ['data_verified_false'])
+(['reproduced', 'reproduced'], ['data_verified_false', 'note'])
 """
 
 from __future__ import annotations

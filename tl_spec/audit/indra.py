@@ -41,7 +41,10 @@ def probe_responses(doc: Any) -> tuple[dict[tuple[str, float], float], float | N
     if base is None or not base:
         return out, base
     for t in res.get("treatments", []) if isinstance(res.get("treatments"), list) else []:
-        for test in t.get("noise_tests", []) if isinstance(t, dict) else []:
+        tests = t.get("noise_tests") if isinstance(t, dict) else None
+        for test in tests if isinstance(tests, list) else []:
+            if not isinstance(test, dict):
+                continue
             sigma, si = num(test.get("noise_std")), num(test.get("specialization_index"))
             if sigma is not None and si is not None:
                 out[(str(t.get("region")), sigma)] = pct_change(si, base)
@@ -59,8 +62,12 @@ def seed_responses(doc: Any, variant: str, method: str = "global") -> dict[tuple
     seeds = node.get("all_seed_results") if isinstance(node, dict) else None
     out: dict[tuple[str, float], list[float]] = {}
     for per_seed in seeds.values() if isinstance(seeds, dict) else ():
-        for reg in per_seed.get(method, []) if isinstance(per_seed, dict) else []:
-            for t in reg.get("tests", []) if isinstance(reg, dict) else []:
+        regs = per_seed.get(method) if isinstance(per_seed, dict) else None
+        for reg in regs if isinstance(regs, list) else []:
+            tests = reg.get("tests") if isinstance(reg, dict) else None
+            for t in tests if isinstance(tests, list) else []:
+                if not isinstance(t, dict):
+                    continue
                 sigma, change = num(t.get("noise")), num(t.get("change_pct"))
                 if sigma is not None and change is not None:
                     out.setdefault((str(reg.get("region")), sigma), []).append(change)

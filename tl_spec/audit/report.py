@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -116,15 +116,24 @@ class ClaimsAudit(Result):
                              for c in self.checks], columns=cols)
 
 
+def _safe(stage: str, fn: Callable[[], Any], empty: Any) -> tuple[Any, list[Flag]]:
+    """Run one stage; content this audit did not foresee becomes a flag, never a traceback."""
+    try:
+        return fn(), []
+    except Exception as exc:  # noqa: BLE001 - the audit reports what it cannot read
+        return empty, [Flag("audit_error", stage, f"this part of the audit was skipped: "
+                                                  f"{type(exc).__name__}: {exc}")]
+
+
 def _family_results(files: list[PaperFile]) -> tuple[list[Check], list[Flag]]:
     checks: list[Check] = []
     flags: list[Flag] = []
     for fn in (audit_e04, audit_e06, audit_e21, audit_eiso):
-        c, fl = fn(files)
+        (c, fl), err = _safe(fn.__name__, lambda fn=fn: fn(files), ([], []))
         checks += c
-        flags += fl
-    flags += audit_e08(files)
-    return checks, flags
+        flags += fl + err
+    fl, err = _safe("audit_e08", lambda: audit_e08(files), [])
+    return checks, flags + fl + err
 
 
 def _e11_flags(rows: list[AuditRow]) -> list[Flag]:
@@ -164,19 +173,25 @@ def claims_audit(paths: Iterable[str | Path], *, claims: str | Path | None = Non
                           "files of the paper's reproduction package.")
     parsed = load_claims(claims) if claims is not None else None
     files = [load_paper_file(p) for p in paths]
-    rows = [audit_record(f.doc, f.name) for f in files if f.family == "e11"]
-    checks, flags = _family_results(files)
-    flags = _e11_flags(rows) + flags
+    rows, flags = [], []
+    for f in files:
+        if f.family == "e11":
+            row, err = _safe(f.name, lambda f=f: audit_record(f.doc, f.name), None)
+            rows += [row] if row is not None else []
+            flags += err
+    checks, fflags = _family_results(files)
+    flags = _e11_flags(rows) + flags + fflags
     table_rows: list[Check] = []
     if paper_table:
-        table_rows, tflags = table_checks(files, rows)
-        flags += tflags
+        (table_rows, tflags), err = _safe("paper tables", lambda: table_checks(files, rows), ([], []))
+        flags += tflags + err
     claim_rows: list[Check] = []
     if parsed is not None:
-        claim_rows, cflags = claim_checks(parsed, files, rows)
-        flags += cflags
-    defs, dflags = rho_definitions(files)
-    flags += dflags
+        (claim_rows, cflags), err = _safe("claims", lambda: claim_checks(parsed, files, rows),
+                                          ([], []))
+        flags += cflags + err
+    (defs, dflags), err = _safe("rho definitions", lambda: rho_definitions(files), ({}, []))
+    flags += dflags + err
     with_content = {n for part in (checks, table_rows, claim_rows) for c in part for n in c.files}
     with_content |= {r.file for r in rows if not r.no_matrix or r.identical_seeds
                      or r.zero_width_intervals or r.variants}

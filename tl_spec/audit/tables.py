@@ -16,7 +16,18 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
-from tl_spec.audit.common import Check, Flag, PaperFile, check, dicts, num, paper_rows, rho_eff, seed_ratios
+from tl_spec.audit.common import (
+    Check,
+    Flag,
+    PaperFile,
+    check,
+    dicts,
+    dig,
+    num,
+    paper_rows,
+    rho_eff,
+    seed_ratios,
+)
 from tl_spec.audit.e04 import e04_metric
 from tl_spec.audit.e06 import find_fit
 from tl_spec.audit.e08 import phi_index
@@ -189,13 +200,15 @@ def _table8(files: list[PaperFile]) -> tuple[list[Check], list[Flag]]:
     out: list[Check] = []
     flags: list[Flag] = []
     rec = indra_file(files, "E11T_indra_recovery")
+    if rec is not None and probe_responses(rec.doc)[1] is None:
+        rec = None
     if rec is None:
         out += [_c("8", "LLaMA-3.1-8B-Inst", col, None, "no Indra recovery file", tol=0)
                 for col in ("SI", "response %")]
     else:
         resp, base = probe_responses(rec.doc)
         at = {r: v for (r, s), v in resp.items() if s == SIGMA}
-        ref = (rec.doc.get("e11t_reference") or {}).get("instruct_specialization")
+        ref = dig(rec.doc, "e11t_reference", "instruct_specialization")
         out.append(_c("8", "LLaMA-3.1-8B-Inst", "SI", base, f"{rec.name} (canonical, claim A2) "
                       f"baseline SI {base:.3f}", tol=0.005, files=[rec.name], cause=(
                           f"the table's 0.31 is the E11T_gqa_comparison instruct SI (the Indra "
@@ -214,12 +227,11 @@ def _table8(files: list[PaperFile]) -> tuple[list[Check], list[Flag]]:
             f"responses at sigma {SIGMA}: {regions}")))
     ll2 = indra_file(files, "E11T_indra_llama2")
     if ll2 is not None:
-        base = num(((ll2.doc.get("results") or {}).get("base") or {}).get("baseline_global", {})
-                   .get("specialization_index"))
+        base = num(dig(ll2.doc, "results", "base", "baseline_global", "specialization_index"))
         per = seed_responses(ll2.doc, "base")
         at05, at10 = per.get(("all", SIGMA)), per.get(("all", 0.1))
         out.append(_c("8", "LLaMA-2-7B-Base", "SI", base, f"{ll2.name} base baseline_global SI "
-                      f"{base:.3f}" if base else "none", tol=0.005, files=[ll2.name],
+                      f"{base:.3f}" if base is not None else "none", tol=0.005, files=[ll2.name],
                       cause="no stored LLaMA-2-7B base SI is 0.34 (this file and the E11 "
                             "LLaMA-2 file both give 0.391)"))
         m05 = statistics.fmean(at05) if at05 else None
@@ -234,6 +246,8 @@ def _table8(files: list[PaperFile]) -> tuple[list[Check], list[Flag]]:
         out += [_c("8", "LLaMA-2-7B-Base", col, None, "no LLaMA-2 Indra file", tol=0)
                 for col in ("SI", "response %")]
     gem = indra_file(files, "E11_indra_gemma_")
+    if gem is not None and probe_responses(gem.doc)[1] is None:
+        gem = None
     if gem is None:
         out += [_c("8", "Gemma-2-9B-IT", col, None, "no Gemma-2-9B Indra file", tol=0)
                 for col in ("SI", "response %")]
