@@ -146,7 +146,8 @@ def _a4(claim: dict[str, Any], files: list[PaperFile]) -> list[Check]:
                          sorted({f for _, f in index.values()}), "SI (E08 index values, no matrix)")]
 
 
-def _a5(claim: dict[str, Any], files: list[PaperFile], rows: list[AuditRow]) -> tuple[list[Check], list[Flag]]:
+def _a5(claim: dict[str, Any], files: list[PaperFile],
+        rows: list[AuditRow]) -> tuple[list[Check], list[Flag]]:
     rng = (ranges(str(claim.get("expected_range")))[:1] or [None])[0]
     vals, used, flags = [], [], []
     canon = next((f for f in files if f.name == _base(claim.get("canonical_result", ""))
@@ -204,8 +205,9 @@ def _supporting(name: str, entry: dict[str, Any], files: list[PaperFile]) -> Che
         verdict = doc["analysis"].get("verdict")
     validation = doc.get("validation") if isinstance(doc, dict) else None
     failed = isinstance(validation, dict) and validation.get("all_pass") is False
-    text = (f"file verdict: {verdict!r}" if verdict is not None else "the file stores no verdict") + (f"; its own validation: {validation.get('pass_count')} "
-                                            "criteria passed, all_pass false" if failed else "")
+    text = (f"file verdict: {verdict!r}" if verdict is not None else "the file stores no verdict")
+    if failed:
+        text += f"; its own validation: {validation.get('pass_count')} criteria passed, all_pass false"
     bad = failed or any(w in str(verdict).upper() for w in ("FAIL", "INCONCLUSIVE", "PARTIAL"))
     p_values = [k for _, node in dicts(doc) for k in node if "p_value" in k or k == "p"]
     if "p <" in finding and not p_values:

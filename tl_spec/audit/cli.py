@@ -25,7 +25,13 @@ __all__ = ["add_audit_parser", "run_audit"]
 
 
 def add_audit_parser(subparsers: Any) -> None:
-    """Register the ``audit`` sub-command on an argparse subparsers object."""
+    """Register the ``audit`` sub-command on an argparse subparsers object.
+
+    >>> parser = argparse.ArgumentParser(prog="tl-spec")
+    >>> add_audit_parser(parser.add_subparsers(dest="command"))
+    >>> parser.parse_args(["audit", "x.json", "--paper-table"]).paper_table
+    True
+    """
     p = subparsers.add_parser(
         "audit", help="audit the paper's result files: recompute, compare with its tables and claims")
     p.add_argument("files", nargs="+", metavar="FILE.json")
@@ -44,6 +50,10 @@ def run_audit(args: argparse.Namespace) -> int:
 
     Returns:
         The exit status.
+
+    >>> run_audit(argparse.Namespace(files=["missing.json"], claims=None, paper_table=False,
+    ...                              json=None))
+    2
     """
     from tl_spec.audit.e11 import AuditReport
     from tl_spec.audit.report import claims_audit

@@ -225,8 +225,8 @@ class SlopeFit:
     n: int
 
 
-def ppl_slope(sigmas: Float[np.ndarray, " n"] | Sequence[float],
-              ppl: Float[np.ndarray, " n"] | Sequence[float]) -> SlopeFit:
+def ppl_slope(sigmas: Float[np.ndarray, "n"] | Sequence[float],
+              ppl: Float[np.ndarray, "n"] | Sequence[float]) -> SlopeFit:
     """Slope of PPL versus noise sigma, as the paper computes it (``linregress``), with r^2.
 
     >>> round(ppl_slope([0, 1, 2, 3], [0.0, 2.0, 2.0, 4.0]).r_squared, 4)

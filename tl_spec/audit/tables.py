@@ -220,7 +220,7 @@ def _table8(files: list[PaperFile]) -> tuple[list[Check], list[Flag]]:
         out.append(_c("8", "LLaMA-3.1-8B-Inst", "response %", at.get("all"),
                       f"{rec.name} at sigma = {SIGMA}: {regions}", tol=0.05, files=[rec.name],
                       cause="+28.6 appears only as a copied constant (" + "; ".join(consts)
-                      + f"), labelled early/sigma 0.02, where the canonical file gives "
+                      + "), labelled early/sigma 0.02, where the canonical file gives "
                       + (f"{early02:+.1f} %" if early02 is not None else "nothing")))
         flags.append(Flag("table_vs_canonical", rec.name, (
             f"Table 8 LLaMA-3.1-8B-Inst: SI 0.31 / +28.6 % vs canonical file: SI {base:.3f}; "
@@ -337,6 +337,10 @@ def table_checks(files: list[PaperFile], rows: list[AuditRow]) -> tuple[list[Che
 
     Returns:
         The checks, in table order, and flags (table vs canonical file).
+
+    >>> checks, _ = table_checks([], [])
+    >>> next(c for c in checks if c.item.startswith("Phi-3-medium")).verdict
+    'no artifact'
     """
     checks: list[Check] = []
     t8, flags = _table8(files)
