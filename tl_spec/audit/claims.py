@@ -42,7 +42,7 @@ def parse_claims(text: str) -> dict[str, Any]:
         raise TLSpecError("reading claims.yaml needs PyYAML, a dependency of tl_spec that is "
                           "missing here: pip install 'pyyaml>=6'") from exc
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # safe either way
     except yaml.YAMLError as exc:
         raise TLSpecError(f"the claims file is not valid YAML: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("claims", {}), dict):

@@ -148,14 +148,15 @@ def _e11_flags(rows: list[AuditRow]) -> list[Flag]:
     return out
 
 
-def claims_audit(paths: Iterable[str | Path], *, claims: str | Path | None = None,
+def claims_audit(paths: Iterable[str | Path], *, claims: str | Path | dict | None = None,
                  paper_table: bool = True) -> ClaimsAudit:
     """Audit result files of the paper's reproduction package against its tables and claims.
 
     Args:
         paths: result files (JSON); a missing path raises :class:`TLSpecError` before any is
             read, a file that is no paper result is listed as such.
-        claims: the package's ``claims.yaml`` (optional): one or more checks per claim.
+        claims: the package's ``claims.yaml`` (optional; or its parsed dict, see
+            :func:`~tl_spec.audit.claims.load_claims`): one or more checks per claim.
         paper_table: compare with the paper's Tables 4, 5, 7, 8, 9 and 11.
 
     Returns:
@@ -171,7 +172,7 @@ def claims_audit(paths: Iterable[str | Path], *, claims: str | Path | None = Non
     if missing:
         raise TLSpecError(f"result file(s) not found: {', '.join(missing)}; pass existing result "
                           "files of the paper's reproduction package.")
-    parsed = load_claims(claims) if claims is not None else None
+    parsed = claims if isinstance(claims, dict) or claims is None else load_claims(claims)
     files = [load_paper_file(p) for p in paths]
     rows, flags = [], []
     for f in files:
@@ -205,7 +206,9 @@ def claims_audit(paths: Iterable[str | Path], *, claims: str | Path | None = Non
         flags=[f.to_dict() for f in flags], rows=[r.to_dict() for r in rows],
         paper_table=[vars(c) for c in _compare_with_paper(rows)] if paper_table else None,
         rho_definitions=defs,
-        settings={"files": [p.name for p in paths], "claims": str(claims) if claims else None,
+        settings={"files": [p.name for p in paths],
+                  "claims": None if claims is None else "(parsed)" if isinstance(claims, dict)
+                  else str(claims),
                   "paper_table": bool(paper_table)},
         provenance={"versions": versions(), "argv": list(sys.argv),
                     "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
