@@ -203,6 +203,17 @@ def test_result_protocol_and_report_section(audit, run):
     assert "Table 8" in section.html and "differs" in section.html and "<table" in section.html
 
 
+def test_a_saved_audit_loads_in_a_fresh_process(run):
+    import subprocess
+    import sys
+
+    code = ("import sys, tl_spec; r = tl_spec.load_result(sys.argv[1]); "
+            "print(type(r).__name__, r.headline()['files'])")
+    out = subprocess.run([sys.executable, "-c", code, str(run[3])], capture_output=True, text=True,
+                         timeout=300, cwd=Path(__file__).parents[1], check=True).stdout
+    assert out.split() == ["ClaimsAudit", "27"]
+
+
 def _write(tmp_path: Path, name: str, content: bytes) -> Path:
     p = tmp_path / name
     p.write_bytes(content)
