@@ -1,7 +1,7 @@
 """`tl_spec.audit` on the paper's own E11 result files (copies in ``tests/data/paper4``, MIT).
 
 Tolerances: stored SI vs SI recomputed from the stored ``entropies`` 1e-9 (observed <= 1.2e-16);
-Delta SI vs GUIDE section 1 values 0.1 percentage points (the GUIDE rounds to 0.1 %);
+Delta SI vs the values written out to 0.1 % in docs/reproduction/audit.md 0.1 percentage points;
 "identical seeds" means exactly equal floats (``tl_spec.stats.check_seeds``).
 """
 
@@ -66,7 +66,7 @@ def test_every_stored_si_with_a_matrix_is_reproduced(rows):
             assert va.max_abs_diff is not None and va.max_abs_diff < SI_TOL, (name, variant)
             assert abs(va.si_recomputed - va.si_stored) < SI_TOL
             n += va.n_matrices
-    assert n == 20  # every entropies matrix in the package (GUIDE section 1)
+    assert n == 20  # every entropies matrix in the package
     assert all(rows[f.name].no_matrix for f in FILES if f.name not in WITH_MATRICES)
 
 

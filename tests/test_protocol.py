@@ -40,6 +40,13 @@ def _sensitivity(m: Any) -> Any:
                                      max_length=32)
 
 
+def _claims_audit(ms: list) -> Any:  # no model: the paper's own result files (tests/data/paper4)
+    from tl_spec.audit import claims_audit
+
+    data = Path(__file__).parent / "data" / "paper4"
+    return claims_audit(sorted(data.glob("E*.json")), claims=data / "claims.yaml")
+
+
 def _study(ms: list) -> Any:
     groups = [tl_spec.StudyGroup("a", 2, 0.0, ms), tl_spec.StudyGroup("b", 2, 0.1, ms[::-1])]
     return tl_spec.stability_study(groups, prompts=PROMPTS * 3, texts=PROMPTS[:2], n_blocks=4,
@@ -69,10 +76,12 @@ FACTORIES: dict[str, Callable[[list], Any]] = {
                                                         n_resamples=200),
     "variant_study": lambda ms: tl_spec.trained_variants_study(
         ms[:1], {("uniform", "all"): ms[1:]}, texts=PROMPTS, n_resamples=200),
+    "claims_audit": _claims_audit,
 }
 
 
 def test_every_result_kind_has_a_factory() -> None:
+    import tl_spec.audit  # noqa: F401  (registers claims_audit, which sits above results)
     import tl_spec.results  # noqa: F401  (registers every kind)
 
     assert sorted(FACTORIES) == sorted(registry())

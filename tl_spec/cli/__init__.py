@@ -258,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--out", default="tl_spec_demo", help="report directory")
     _add_quiet_arg(dm)
 
-    sub.add_lazy("audit", "recompute the SI stored in E11 result files; flag pitfalls", _fill_audit)
+    sub.add_lazy("audit", "audit the paper's result files against its tables and claims", _fill_audit)
     sub.add_lazy("report", "a self-contained offline HTML report of result files", _fill_report)
 
     de = sub.add_parser("describe", help="architecture facts: heads, KV sharing, windows, rho_eff")

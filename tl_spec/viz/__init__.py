@@ -35,6 +35,7 @@ from tl_spec.viz import noise_sections  # noqa: F401  (registers the noise resul
 from tl_spec.viz import stability_sections  # noqa: F401  (stability, importance, study)
 from tl_spec.viz import variant_sections  # noqa: F401  (deconstruct)
 from tl_spec.viz import length_sections  # noqa: F401  (SI versus prompt length)
+from tl_spec.viz import audit_sections  # noqa: F401  (claims audit)
 from tl_spec.viz.sections import Section, register_section
 
 __all__ = [

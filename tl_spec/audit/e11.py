@@ -17,11 +17,9 @@ repeated a deterministic forward pass), stored intervals of zero width, files wi
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
-import sys
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -31,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from tl_spec.audit.common import paper_rows
 from tl_spec.errors import TLSpecError, TLSpecWarning
-from tl_spec.fileio import atomic_write_text
 from tl_spec.metrics.specialization import si_from_entropy_profile
 from tl_spec.stats import check_seeds
 
@@ -44,21 +42,16 @@ __all__ = [
     "AuditRow",
     "PaperComparison",
     "VariantAudit",
-    "add_audit_parser",
     "audit_file",
     "audit_files",
     "audit_record",
-    "run_audit",
 ]
 
 VARIANTS = ("base", "instruct")
 AGREE_PP = 0.1  # |paper - recomputed| below this many percentage points counts as agreement
 
-# Paper Table 4 (Sec. 3.1): Delta SI under alignment, in %.
-PAPER_TABLE_4: dict[str, float] = {
-    "LLaMA-2-7B": -7.95, "LLaMA-3.1-8B": -56.3, "Yi-1.5-9B": -4.3,
-    "Mistral-7B": 4.2, "Gemma-2-9B": 1.9, "Qwen2-7B": -9.0,
-}
+# Paper Table 4 (Sec. 3.1): Delta SI under alignment, in % (from tl_spec/data/paper4_tables.json).
+PAPER_TABLE_4: dict[str, float] = {r["row"]: r["value"] for r in paper_rows("4")}
 
 # Model names as stored in the E11 files (``model``, ``config.base/instruct``,
 # ``results.*.model_name``) -> Table 4 row. Qwen2 has no E11 file in the reproduction package.
@@ -433,50 +426,3 @@ def audit_files(paths: Iterable[str | Path], *, paper_table: bool = False) -> Au
         raise TLSpecError(f"result file(s) not found: {', '.join(missing)}; pass existing E11 JSON files.")
     rows = [audit_file(p) for p in paths]
     return AuditReport(rows, _compare_with_paper(rows) if paper_table else None)
-
-
-def add_audit_parser(subparsers: Any) -> None:
-    """Register ``tl-spec audit FILE.json ... [--paper-table] [--json PATH|-]`` on an argparse subparsers."""
-    p = subparsers.add_parser("audit", help="recompute the SI stored in E11 result files; flag pitfalls")
-    p.add_argument("files", nargs="+", metavar="FILE.json")
-    p.add_argument("--paper-table", action="store_true", help="compare Delta SI with the paper's Table 4")
-    p.add_argument("--json", default=None, metavar="PATH|-",
-                   help="write the audit as JSON (atomically) to PATH, or to stdout with -")
-    p.set_defaults(func=run_audit)
-
-
-def _auditable(row: AuditRow) -> bool:
-    """Whether the file held anything to check: a stored SI, a matrix, a stored ΔSI or seeds."""
-    return (any(v.si_stored is not None or v.n_matrices for v in row.variants.values())
-            or row.delta_stored_pct is not None or row.delta_stored_abs is not None
-            or row.identical_seeds or row.zero_width_intervals)
-
-
-def run_audit(args: argparse.Namespace) -> int:
-    """Run the ``audit`` sub-command: table to stdout (stderr with ``--json -``).
-
-    Exit status 2 for bad input (nothing audited), 1 when no file held anything auditable
-    (no paper result), else 0.
-    """
-    try:
-        if args.json not in (None, "-") and Path(args.json).is_dir():
-            raise TLSpecError(f"--json {args.json}: is a directory; give a file path")
-        report = audit_files(args.files, paper_table=args.paper_table)
-    except TLSpecError as exc:
-        print(f"tl-spec audit: error: {exc}", file=sys.stderr)
-        return 2
-    print(report.table(), file=sys.stderr if args.json == "-" else sys.stdout)
-    status = 0
-    if not any(_auditable(r) for r in report.rows):
-        print("tl-spec audit: nothing auditable in " + ", ".join(r.file for r in report.rows)
-              + ": no stored SI, entropy matrix, ΔSI or per-seed values (is it an E11 paper "
-              "result file?)", file=sys.stderr)
-        status = 1
-    if args.json:
-        payload = json.dumps(report.to_dict(), indent=1, allow_nan=False) + "\n"
-        if args.json == "-":
-            sys.stdout.write(payload)
-        else:
-            atomic_write_text(args.json, payload)
-            print(f"wrote {args.json}", file=sys.stderr)
-    return status
