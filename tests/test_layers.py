@@ -23,7 +23,7 @@ ROOT_NAME = "tl_spec"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors",), ("names",), ("options",), ("fileio",), ("display", "colors"), ("prompts", "corpus"),
     ("tokens",), ("metrics",), ("stats",), ("checkpoints",), ("models", "sources", "resume"), ("running",), ("hooks",), ("records",),
-    ("experiments",), ("results",), ("audit",), ("viz",), ("zoo",), ("study",), ("demo",),
+    ("experiments",), ("audit",), ("results",), ("viz",), ("zoo",), ("study",), ("demo",),
     ("",),  # the top package itself (tl_spec/__init__.py)
     ("cli",),
 )

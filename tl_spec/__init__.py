@@ -70,7 +70,9 @@ _LAZY: dict[str, str] = {
     "StatsOptions": "tl_spec.options",
     "SweepOptions": "tl_spec.options",
     "VariantStudyOptions": "tl_spec.options",
-    "load_result": "tl_spec.audit",  # tl_spec.results' own, once the audit's kind is registered
+    "load_result": "tl_spec.results",
+    "ClaimsAudit": "tl_spec.audit.report",
+    "claims_audit": "tl_spec.audit.report",
 }
 
 if TYPE_CHECKING:  # static tools see the eager imports
@@ -111,6 +113,7 @@ if TYPE_CHECKING:  # static tools see the eager imports
         SweepOptions,
         VariantStudyOptions,
     )
+    from tl_spec.audit.report import ClaimsAudit, claims_audit
     from tl_spec.results import load_result
 
 
@@ -131,6 +134,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "ClaimsAudit",
     "DeconstructOptions",
     "DeconstructResult",
     "DeltaResult",
@@ -159,6 +163,7 @@ __all__ = [
     "VariantStudyOptions",
     "VariantStudyResult",
     "__version__",
+    "claims_audit",
     "compare_sensitivity",
     "deconstruct",
     "delta_from_results",

@@ -1,7 +1,7 @@
 """Reading result files back: :func:`load_result` knows every result kind tl_spec writes.
 
-This module sits above the experiments (it imports them, so every kind is registered); the
-result protocol itself lives in :mod:`tl_spec.records`.
+This module sits above the experiments and the audit (it imports them, so every kind is
+registered); the result protocol itself lives in :mod:`tl_spec.records`.
 
 >>> load_result("si.json").per_layer  # doctest: +SKIP
 """
@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import tl_spec.experiments  # noqa: F401  (defines, and so registers, every result kind)
+import tl_spec.audit.report  # noqa: F401  (defines, and so registers, the claims_audit kind)
+import tl_spec.experiments  # noqa: F401  (defines, and so registers, every other result kind)
 from tl_spec.errors import TLSpecError
 from tl_spec.records import (
     SCHEMA_VERSION,

@@ -12,9 +12,9 @@ Modules: :mod:`~tl_spec.audit.common` (checks, flags, recomputations), one modul
 family (:mod:`~tl_spec.audit.e04`, :mod:`~tl_spec.audit.e06`, :mod:`~tl_spec.audit.e08`,
 :mod:`~tl_spec.audit.e11`, :mod:`~tl_spec.audit.indra`, :mod:`~tl_spec.audit.e21`,
 :mod:`~tl_spec.audit.eiso`), :mod:`~tl_spec.audit.tables`, :mod:`~tl_spec.audit.claims`,
-:mod:`~tl_spec.audit.report` (the result) and :mod:`~tl_spec.audit.cli`. ``tl_spec.load_result``
-resolves through this package (it is :mod:`tl_spec.results`' function), so a saved audit loads
-like any other result although its kind is defined above the results layer.
+:mod:`~tl_spec.audit.report` (the result) and :mod:`~tl_spec.audit.cli`. The package sits
+below :mod:`tl_spec.results` (it needs only the result protocol and the metrics), so
+``tl_spec.load_result`` knows the ``claims_audit`` kind like any other.
 
 >>> audit = claims_audit([], paper_table=True)   # no files: every table row lacks an artifact
 >>> audit.headline()["files"], audit.headline()["no artifact"] > 20
@@ -39,7 +39,6 @@ from tl_spec.audit.e11 import (
     audit_record,
 )
 from tl_spec.audit.report import ClaimsAudit, claims_audit
-from tl_spec.results import load_result  # re-exported: tl_spec.load_result then knows claims_audit
 
 __all__ = [
     "AGREE_PP",
@@ -58,7 +57,6 @@ __all__ = [
     "audit_record",
     "claims_audit",
     "load_claims",
-    "load_result",
     "ppl_slope",
     "rho_eff",
     "run_audit",
