@@ -1,6 +1,7 @@
 """Experiments: the modules that run models. Importing this package registers every result kind."""
 
 from tl_spec.experiments import (
+    controlled,
     deconstruct,
     delta,
     importance,
@@ -12,5 +13,5 @@ from tl_spec.experiments import (
     variant_study,
 )
 
-__all__ = ["deconstruct", "delta", "importance", "probe", "sensitivity", "si", "stability",
+__all__ = ["controlled", "deconstruct", "delta", "importance", "probe", "sensitivity", "si", "stability",
            "stability_study", "variant_study"]

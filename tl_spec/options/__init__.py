@@ -11,6 +11,7 @@ before any model is loaded.
 """
 
 from tl_spec.options.base import Options, check_choice, check_number, option, split_options
+from tl_spec.options.controlled import ControlledOptions, ControlledStatsOptions
 from tl_spec.options.deconstruct import DeconstructOptions, VariantStudyOptions
 from tl_spec.options.importance import ImportanceOptions
 from tl_spec.options.noise import NoiseOptions, ProbeOptions, SensitivityOptions, SweepOptions
@@ -33,6 +34,8 @@ from tl_spec.options.stability import (
 )
 
 __all__ = [
+    "ControlledOptions",
+    "ControlledStatsOptions",
     "MEASURES",
     "METHODS",
     "Aggregate",

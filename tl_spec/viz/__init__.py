@@ -34,6 +34,7 @@ from tl_spec.viz.report import render_report, write_report
 from tl_spec.viz import noise_sections  # noqa: F401  (registers the noise result sections)
 from tl_spec.viz import stability_sections  # noqa: F401  (stability, importance, study)
 from tl_spec.viz import variant_sections  # noqa: F401  (deconstruct)
+from tl_spec.viz import controlled_sections  # noqa: F401  (controlled alignment study)
 from tl_spec.viz.sections import Section, register_section
 
 __all__ = [
