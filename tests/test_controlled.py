@@ -73,9 +73,12 @@ def test_means_differences_and_window(study) -> None:
                   family="gqa", stage=d["stage"], seed=None)[0]
         assert d["diff_pp"] == pytest.approx(a["delta_pct"] - b["delta_pct"], abs=1e-12)
         assert d["interval"].contains(d["diff_pp"]), d
-    assert "40 tokens (window binding)" in study.verdict
-    assert "24 tokens (window not binding)" in study.verdict
-    assert len(study.verdicts) == 4 and all("swa's window 32" in v for v in study.verdicts)
+    assert "at 40 tokens (window 32 binding), swa twins vs gqa twins: " in study.verdict
+    assert "at 24 tokens (window 32 not binding), swa twins vs gqa twins: " in study.verdict
+    assert len(study.verdicts) == 4 and all("swa twins vs gqa twins" in v for v in study.verdicts)
+    lead = [d for d in study.differences if (d["method"], d["length"], d["stage"])
+            == ("pattern", 40, "sft")][0]  # the verdict quotes the numbers of the table
+    assert f"SFT {lead['diff_pp']:+.2f} pp [{lead['interval'].low:+.2f}" in study.verdict
 
 
 def test_result_round_trips_and_reports(study, tmp_path) -> None:

@@ -17,7 +17,8 @@ Design (what enters each number):
   prompt-bootstrap interval conditional on those seeds, and the spread between seeds (their
   SD and range) is reported beside it. A difference between families is "resolved" when its
   interval excludes 0; ``seeds_separate`` says whether every seed of one family lies beyond
-  every seed of the other (a seed-level check the prompt interval does not make).
+  every seed of the other (a seed-level check the prompt interval does not make; never with
+  a single seed).
 - Each family has one base model, so a family difference also contains that base's own
   pretraining seed; the report says so.
 - Lengths: at 128 tokens a window of 32 binds (a query at q sees keys k with 0 <= q - k < 32);
@@ -61,7 +62,7 @@ SEEDS_ENTER = ("per-seed ΔSI (base -> that seed's twin); the family's ΔSI is t
                "its interval a prompt bootstrap conditional on those seeds (fixed effects); the "
                "seed SD and range are reported beside it; differences between families compare "
                "seed means under the same prompt resamples")
-_PROMPT_CHARS = 900  # held-out documents cut here are longer than 128 tokens of the zoo tokenizer
+_PROMPT_CHARS = 600  # 32 held-out documents cut here all exceed 128 tokens (min 144)
 
 
 def zoo_prompts(n: int = 32) -> list[str]:
@@ -368,7 +369,8 @@ def controlled_alignment_study(
                         b=fa.name, label=f"{fb.name} - {fa.name}",
                         diff_pp=float(np.mean(va) - np.mean(vb)),
                         interval=paired_bootstrap(diff, n, **bootstrap),
-                        seeds_separate=bool(min(va) > max(vb) or max(va) < min(vb))))
+                        seeds_separate=bool(min(len(va), len(vb)) > 1 and
+                                            (min(va) > max(vb) or max(va) < min(vb)))))
     fams = [dict(name=f.name, base=short_name(model_id(f.base)),
                  sft=[short_name(model_id(m)) for m in f.sft],
                  dpo=[short_name(model_id(m)) for m in f.dpo], seeds=f.seed_list(),
@@ -384,6 +386,11 @@ def controlled_alignment_study(
                             verdicts=verdicts, verdict=verdict, settings=settings,
                             provenance=provenance(families[0].base, models=models,
                                                   options=settings))
+
+
+_PHRASE = {"higher": "lose less SI (ΔSI higher)", "lower": "lose more SI (ΔSI lower)",
+           "not resolvably different": "not resolvably different",
+           "mixed": "mixed across SFT and DPO"}
 
 
 def _word(ivs: list[Interval]) -> str:
@@ -406,17 +413,16 @@ def _verdicts(fams: list[dict[str, Any]], differences: list[dict[str, Any]],
     w = windowed[0]
     window = min(x for x in w["windows"] if x is not None)
     others = [f["name"] for f in fams if f["name"] != w["name"]]
-    sentences: list[str] = []
-    outcome: dict[int, list[str]] = {}
     conditions = list(dict.fromkeys((d["route"], d["method"], d["length"]) for d in differences))
+    sentences: list[str] = []
+    lead: dict[int, list[str]] = {}
     for route, method, length in conditions:
         parts, words = [], []
         for other in others:
             ivs, texts = [], []
             for d in differences:
-                if (d["route"], d["method"], d["length"]) != (route, method, length):
-                    continue
-                if {d["a"], d["b"]} != {w["name"], other}:
+                if (d["route"], d["method"], d["length"]) != (route, method, length) or \
+                        {d["a"], d["b"]} != {w["name"], other}:
                     continue
                 sign = 1.0 if d["a"] == w["name"] else -1.0
                 iv = d["interval"]
@@ -427,30 +433,22 @@ def _verdicts(fams: list[dict[str, Any]], differences: list[dict[str, Any]],
                              f"{hi:+.2f}]")
             word = _word(ivs)
             words.append(word)
-            parts.append(f"vs {other}: {word} ({'; '.join(texts)})")
-        binds = "binds" if length > window else "does not bind"
-        sentences.append(f"{route} route, {method} SI, {length} tokens ({w['name']}'s window "
-                         f"{window} {binds}): ΔSI of {w['name']} twins minus the other "
-                         f"family's, " + ", ".join(parts))
-        if route == conditions[0][0] and method == conditions[0][1]:
-            outcome[length] = words
+            parts.append(f"vs {other} twins: {_PHRASE[word]} ({', '.join(texts)})")
+        binds = "binding" if length > window else "not binding"
+        sentence = (f"{route} route, {method} SI, {length} tokens (window {window} {binds}): "
+                    f"{w['name']} "
+                    "twins " + "; ".join(parts))
+        sentences.append(sentence)
+        if (route, method) == conditions[0][:2]:
+            lead[length] = parts
     overall = []
     for length in lengths:
-        words = outcome.get(length, [])
-        binds = "window binding" if length > window else "window not binding"
-        if words and all(x == "higher" for x in words):
-            text = f"yes, {w['name']} twins lose less SI than {' and '.join(others)} twins"
-        elif words and all(x == "lower" for x in words):
-            text = f"no, {w['name']} twins lose more SI than {' and '.join(others)} twins"
-        else:
-            text = (f"not shown: the differences to {' / '.join(others)} are "
-                    f"{' / '.join(words)} across SFT and DPO")
-        overall.append(f"at {length} tokens ({binds}): {text}")
-    lead = conditions[0][1] if conditions else ""
+        binds = f"window {window} " + ("binding" if length > window else "not binding")
+        overall.append(f"at {length} tokens ({binds}), {w['name']} twins "
+                       + "; ".join(lead.get(length, ["(not measured)"])))
     level = differences[0]["interval"].level if differences else 0.95
-    return sentences, (f"Do {w['name']} (sliding-window) twins lose less SI under SFT and DPO "
-                       f"than {' and '.join(others)} twins ({lead} SI, {level:.0%} paired "
-                       "intervals of "
-                       f"the seed-mean ΔSI difference)? " + "; ".join(overall)
+    method = conditions[0][1] if conditions else ""
+    return sentences, (f"{method} SI, seed-mean ΔSI of the {w['name']} (sliding-window) twins "
+                       f"minus the others', {level:.0%} paired intervals: " + ". ".join(overall)
                        + ". One base per family: a family difference includes its base's "
                        "pretraining seed.")
