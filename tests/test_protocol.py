@@ -53,7 +53,15 @@ def _study(ms: list) -> Any:
                                    null=1, n_resamples=200)
 
 
+def _controlled(ms: list) -> Any:
+    families = [tl_spec.TwinFamily("a", ms[0], [ms[1]], [ms[1]]),
+                tl_spec.TwinFamily("b", ms[1], [ms[0]], [ms[0]])]
+    return tl_spec.controlled_alignment_study(families, PROMPTS, lengths=(32, 8),
+                                              methods=("pattern",), n_resamples=200)
+
+
 FACTORIES: dict[str, Callable[[list], Any]] = {
+    "controlled_alignment": _controlled,
     "specialization_index": lambda ms: tl_spec.specialization_index(ms[0], PROMPTS, max_length=32),
     "delta_si": lambda ms: tl_spec.delta_si(ms[0], ms[1], PROMPTS, max_length=32,
                                             n_resamples=200),

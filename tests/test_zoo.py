@@ -47,13 +47,41 @@ def test_corpus_is_real_english_with_provenance():
     assert "assert" in topic.text and "expression" in topic.text
 
 
+DEFAULT_NAMES = ["base-gqa", "base-mha", "base-swa"] + [
+    f"{arch}-{kind}-{seed}" for arch in ("gqa", "mha", "swa") for kind in ("sft", "dpo")
+    for seed in (1, 2, 3)]
+
+
 def test_default_set_is_shipped_and_verified(cache):
+    assert [m.name for m in SETS["default"]] == DEFAULT_NAMES  # 3 bases, 18 twins
     entries = {e.name: e for e in zoo.available()}
+    total = 0
     for model in SETS["default"]:
         assert entries[model.name].ready, model.name
-        marker = json.loads((zoo.model_dir(model.name) / MARKER).read_text())
-        assert marker["recipe"]["name"] == model.name and marker["shipped_dtype"] == "float16"
+        path = zoo.model_dir(model.name)
+        marker = json.loads((path / MARKER).read_text())
+        assert marker["recipe"] == json.loads(json.dumps(model.recipe())), model.name
+        assert marker["shipped_dtype"] == "float16" and len(marker["built_weights_sha256"]) == 64
+        size = (path / "model.safetensors").stat().st_size
+        assert 0.6e6 < size < 0.7e6, (model.name, size)  # float16: ~0.66 MB a model
+        total += sum(f.stat().st_size for f in path.iterdir())
+    assert total < 20e6, total  # the wheel stays small (measured: see docs/zoo.md)
     assert not entries["refit-L2-wd0-s0"].ready  # refits are built on demand
+
+
+def test_twins_of_every_base_share_one_recipe():
+    recipes = {m.name: m.recipe() for m in SETS["default"]}
+    for arch in ("gqa", "mha", "swa"):
+        for seed in (1, 2, 3):
+            sft, dpo = recipes[f"{arch}-sft-{seed}"], recipes[f"{arch}-dpo-{seed}"]
+            assert sft["parent"] == f"base-{arch}" and dpo["parent"] == f"{arch}-sft-{seed}"
+            assert sft["seed"] == dpo["seed"] == seed
+            assert sft["options"] == recipes[f"gqa-sft-{seed}"]["options"]
+            assert dpo["options"] == recipes[f"gqa-dpo-{seed}"]["options"]
+    families = zoo.twin_families(("swa",), seeds=(2,), backend="bridge")
+    assert [f.name for f in families] == ["swa"] and len(families[0].dpo) == 1
+    with pytest.raises(TLSpecError, match="archs must be distinct names"):
+        zoo.twin_families(("gqa", "xl"))
 
 
 def test_base_models_learned_the_language():

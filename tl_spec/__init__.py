@@ -29,6 +29,9 @@ _SUBMODULES = ("hooks", "names", "options", "prompts", "stats", "viz", "zoo")
 _LAZY: dict[str, str] = {
     "TLSpecError": "tl_spec.errors",
     "TLSpecWarning": "tl_spec.errors",
+    "ControlledResult": "tl_spec.experiments.controlled",
+    "TwinFamily": "tl_spec.experiments.controlled",
+    "controlled_alignment_study": "tl_spec.experiments.controlled",
     "DeconstructResult": "tl_spec.experiments.deconstruct",
     "deconstruct": "tl_spec.experiments.deconstruct",
     "DeltaResult": "tl_spec.experiments.delta",
@@ -60,6 +63,7 @@ _LAZY: dict[str, str] = {
     "ModelFacts": "tl_spec.models",
     "describe": "tl_spec.models",
     "load_model": "tl_spec.models",
+    "ControlledOptions": "tl_spec.options",
     "DeconstructOptions": "tl_spec.options",
     "ImportanceOptions": "tl_spec.options",
     "LengthOptions": "tl_spec.options",
@@ -88,6 +92,11 @@ if TYPE_CHECKING:  # static tools see the eager imports
         perturbation_probe,
         probe_sweep,
     )
+    from tl_spec.experiments.controlled import (
+        ControlledResult,
+        TwinFamily,
+        controlled_alignment_study,
+    )
     from tl_spec.experiments.sensitivity import (
         SensitivityComparison,
         SensitivityResult,
@@ -102,6 +111,7 @@ if TYPE_CHECKING:  # static tools see the eager imports
     from tl_spec.metrics.specialization import si_from_entropy_profile
     from tl_spec.models import ModelFacts, describe, load_model
     from tl_spec.options import (
+        ControlledOptions,
         DeconstructOptions,
         ImportanceOptions,
         LengthOptions,
@@ -135,6 +145,8 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ClaimsAudit",
+    "ControlledOptions",
+    "ControlledResult",
     "DeconstructOptions",
     "DeconstructResult",
     "DeltaResult",
@@ -160,11 +172,13 @@ __all__ = [
     "SweepResult",
     "TLSpecError",
     "TLSpecWarning",
+    "TwinFamily",
     "VariantStudyOptions",
     "VariantStudyResult",
     "__version__",
     "claims_audit",
     "compare_sensitivity",
+    "controlled_alignment_study",
     "deconstruct",
     "delta_from_results",
     "delta_si",

@@ -1,8 +1,9 @@
 """``tl-spec demo``: the main job on the embedded zoo, offline, in a few minutes on a laptop CPU.
 
 SI of the GQA base by each definition; ΔSI base vs its DPO twin with an interval; the
-perturbation probe on both; a short noise-sensitivity comparison of the MHA and GQA bases; head
-stability when the refit set is cached. It prints a summary table and writes every result (JSON,
+perturbation probe on both; a short noise-sensitivity comparison of the MHA and GQA bases; the
+controlled alignment comparison (ΔSI of the MHA, GQA and SWA bases' seed-1 SFT and DPO twins,
+with the window binding and not); head stability when the refit set is cached. It prints a summary table and writes every result (JSON,
 with provenance) and an offline HTML report into ``out``.
 
 >>> run_demo("tl_spec_demo")  # doctest: +SKIP
@@ -20,6 +21,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from tl_spec.errors import TLSpecError, TLSpecWarning
+from tl_spec.experiments.controlled import TwinFamily, controlled_alignment_study, zoo_prompts
 from tl_spec.experiments.delta import delta_si
 from tl_spec.experiments.probe import perturbation_probe
 from tl_spec.experiments.sensitivity import compare_sensitivity, noise_sensitivity
@@ -32,7 +34,11 @@ from tl_spec.viz.report import write_report
 from tl_spec.zoo import available, load
 from tl_spec.corpus import heldout_texts
 
-__all__ = ["SENSITIVITY", "run_demo"]
+__all__ = ["CONTROLLED", "SENSITIVITY", "run_demo"]
+
+CONTROLLED = dict(lengths=(128, 24), methods=("pattern",), n_resamples=2000)
+"""The demo's controlled comparison: seed 1 of each family, 16 held-out prompts, pattern SI
+(``tl-spec controlled`` runs all three seeds and both definitions)."""
 
 SENSITIVITY = SensitivityOptions()
 """The demo's noise-sensitivity settings: ``noise_sensitivity``'s defaults (the summary names
@@ -69,6 +75,14 @@ def _steps() -> list[tuple[str, Callable[[dict[str, Any]], Any]]]:
                     for n in ("base-mha", "base-gqa"))
         return [a, b, compare_sensitivity(a, b)]
 
+    def controlled(state: dict[str, Any]) -> Any:
+        families = []
+        for arch in ("mha", "gqa", "swa"):
+            base, sft, dpo = (state[n] if n in state else load(n)
+                              for n in (f"base-{arch}", f"{arch}-sft-1", f"{arch}-dpo-1"))
+            families.append(TwinFamily(arch, base, [sft], [dpo], seeds=(1,)))
+        return controlled_alignment_study(families, zoo_prompts(16), **CONTROLLED)
+
     def stability(state: dict[str, Any]) -> Any:
         ready = [e.name for e in available() if e.ready and e.name.startswith("refit-L2-wd0-s")]
         if len(ready) < 2:
@@ -80,7 +94,8 @@ def _steps() -> list[tuple[str, Callable[[dict[str, Any]], Any]]]:
 
     return [("load the embedded zoo", models), ("SI, three definitions", si),
             ("ΔSI base vs DPO twin", delta), ("perturbation probe", probe),
-            ("noise sensitivity MHA vs GQA", sensitivity), ("head stability (refits)", stability)]
+            ("noise sensitivity MHA vs GQA", sensitivity),
+            ("controlled twins MHA/GQA/SWA", controlled), ("head stability (refits)", stability)]
 
 
 def _summary(results: dict[str, Any]) -> str:
@@ -105,6 +120,15 @@ def _summary(results: dict[str, Any]) -> str:
     changed = _differences(SENSITIVITY)
     rows.append(("", "noise settings", "; ".join(changed) if changed
                  else "noise_sensitivity's defaults (SensitivityOptions)"))
+    ctl = results["controlled twins MHA/GQA/SWA"]
+    binding = {r["length"]: r["window_binds"] for r in ctl.rows if r["family"] == "swa"}
+    for d in ctl.differences:
+        if d["a"] == "swa":
+            iv = d["interval"]
+            binds = "window binds" if binding[d["length"]] else "window does not bind"
+            rows.append((f"{d['label']} (seed 1)", f"ΔSI {d['stage'].upper()} at {d['length']} "
+                         f"tokens", f"{d['diff_pp']:+.2f} pp  CI [{iv.low:+.2f}, {iv.high:+.2f}]"
+                         f"  ({binds})"))
     stab = results.get("head stability (refits)")
     if stab is None:
         refits = [e for e in available() if e.set == "refits"]

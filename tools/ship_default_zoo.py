@@ -1,8 +1,9 @@
 """Copy a built default zoo set into the package (tl_spec/zoo/default/) in float16.
 
-    python tools/ship_default_zoo.py /path/to/built/default
+    python tools/ship_default_zoo.py /path/to/built/default [--only NAME,NAME,...]
 
-The weights are stored in float16 to keep the wheel small (each model ~0.7 MB). Each marker keeps
+``--only`` ships just those models and leaves every other shipped model as it is (the MHA and SWA
+twins were added that way, from tools/build_twins_from_shipped.py). The weights are stored in float16 to keep the wheel small (each model ~0.7 MB). Each marker keeps
 the SHA-256 of the float32 build (``built_weights_sha256``: `tl-spec zoo build default`
 reproduces it bit for bit with the same recipe and thread count) and of the shipped float16 file
 (``weights_sha256``, checked on every load).
@@ -10,10 +11,10 @@ reproduces it bit for bit with the same recipe and thread count) and of the ship
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import torch
@@ -24,13 +25,20 @@ from tl_spec.zoo.registry import MARKER, SETS
 DEST = Path(__file__).resolve().parents[1] / "tl_spec" / "zoo" / "default"
 
 
-def main(src: str) -> None:
+def main(src: str, only: list[str] | None = None) -> None:
     source = Path(src)
-    if DEST.exists():
+    names = [m.name for m in SETS["default"]]
+    unknown = [n for n in only or [] if n not in names]
+    if unknown:
+        raise SystemExit(f"not in the default set: {', '.join(unknown)}")
+    if only is None and DEST.exists():
         shutil.rmtree(DEST)
     for model in SETS["default"]:
+        if only is not None and model.name not in only:
+            continue
         built = source / model.name
         out = DEST / model.name
+        shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         for item in built.iterdir():
             if item.name not in ("model.safetensors", MARKER) and item.is_file():
@@ -47,4 +55,8 @@ def main(src: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    ap = argparse.ArgumentParser(description="ship a built default zoo set in float16")
+    ap.add_argument("src")
+    ap.add_argument("--only", default=None, help="comma-separated names (default: every model)")
+    args = ap.parse_args()
+    main(args.src, None if args.only is None else [n for n in args.only.split(",") if n])

@@ -88,6 +88,12 @@ def _fill_audit(sub: Any) -> None:
     add_audit_parser(sub)
 
 
+def _fill_controlled(sub: Any) -> None:
+    from tl_spec.cli.controlled import add_controlled_parser
+
+    add_controlled_parser(sub)
+
+
 def _fill_report(sub: Any) -> None:
     from tl_spec.viz.report import add_report_parser
 
@@ -260,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_lazy("audit", "audit the paper's result files against its tables and claims", _fill_audit)
     sub.add_lazy("report", "a self-contained offline HTML report of result files", _fill_report)
+    sub.add_lazy("controlled", "ΔSI of the zoo's SFT/DPO twins of MHA, GQA and SWA under one "
+                 "recipe, with paired intervals (Table 4 under control)", _fill_controlled)
 
     de = sub.add_parser("describe", help="architecture facts: heads, KV sharing, windows, rho_eff")
     _add_model_args(de)
@@ -531,6 +539,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 _COMMANDS: dict[str, Any] = {"si": _cmd_si, "delta": _cmd_delta, "describe": _cmd_describe,
+                             "controlled": lambda a: __import__(  # its parser and runner
+                                 "tl_spec.cli.controlled", fromlist=["run"]).run_controlled(a),
                              "tiny": _cmd_tiny, "audit": _cmd_audit, "probe": _cmd_probe,
                              "sensitivity": _cmd_sensitivity, "zoo": _cmd_zoo,
                              "demo": _cmd_demo, "report": _cmd_report,

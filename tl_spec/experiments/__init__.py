@@ -1,6 +1,7 @@
 """Experiments: the modules that run models. Importing this package registers every result kind."""
 
 from tl_spec.experiments import (
+    controlled,
     deconstruct,
     delta,
     importance,
@@ -13,5 +14,5 @@ from tl_spec.experiments import (
     variant_study,
 )
 
-__all__ = ["deconstruct", "delta", "importance", "length", "probe", "sensitivity", "si", "stability",
+__all__ = ["controlled", "deconstruct", "delta", "importance", "length", "probe", "sensitivity", "si", "stability",
            "stability_study", "variant_study"]

@@ -11,6 +11,7 @@ before any model is loaded.
 """
 
 from tl_spec.options.base import Options, check_choice, check_number, option, split_options
+from tl_spec.options.controlled import ControlledOptions, ControlledStatsOptions
 from tl_spec.options.deconstruct import DeconstructOptions, VariantStudyOptions
 from tl_spec.options.importance import ImportanceOptions
 from tl_spec.options.length import LengthOptions
@@ -34,6 +35,8 @@ from tl_spec.options.stability import (
 )
 
 __all__ = [
+    "ControlledOptions",
+    "ControlledStatsOptions",
     "MEASURES",
     "METHODS",
     "Aggregate",

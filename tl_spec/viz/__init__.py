@@ -36,6 +36,7 @@ from tl_spec.viz import stability_sections  # noqa: F401  (stability, importance
 from tl_spec.viz import variant_sections  # noqa: F401  (deconstruct)
 from tl_spec.viz import length_sections  # noqa: F401  (SI versus prompt length)
 from tl_spec.viz import audit_sections  # noqa: F401  (claims audit)
+from tl_spec.viz import controlled_sections  # noqa: F401  (controlled alignment study)
 from tl_spec.viz.sections import Section, register_section
 
 __all__ = [

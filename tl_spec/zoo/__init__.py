@@ -21,8 +21,10 @@ from tl_spec.zoo.registry import (
     load,
     model_dir,
     refit_groups,
+    twin_families,
     variant_groups,
 )
 
 __all__ = ["SETS", "ZooEntry", "ZooModel", "available", "build", "cache_dir", "load", "model_dir",
-           "refit_groups", "variant_groups", "variant_models"]
+           "refit_groups", "twin_families", "variant_groups",
+           "variant_models"]

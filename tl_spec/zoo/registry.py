@@ -1,7 +1,7 @@
 """The zoo's named models: recipes, where they live, loading, and resumable atomic builds.
 
-The ``default`` set (three base models and the GQA base's SFT and DPO twins at three seeds)
-ships inside the package in float16; ``tl-spec zoo build default`` rebuilds it in float32 from
+The ``default`` set (three base models, MHA, GQA and sliding-window, and each base's SFT and DPO
+twins at three seeds) ships inside the package in float16; ``tl-spec zoo build default`` rebuilds it in float32 from
 the same recipe into the cache. Larger sets (``refits``) are built on demand into
 ``$TL_SPEC_CACHE`` (default ``~/.cache/tl_spec``). Every model is built in a temporary
 directory and renamed into place only when complete, with a marker holding its recipe, metrics
@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from tl_spec.errors import TLSpecError
+from tl_spec.experiments.controlled import TwinFamily
 from tl_spec.experiments.stability_study import StudyGroup
 from tl_spec.models import load_model
 from tl_spec.sources import register_source
@@ -44,7 +45,7 @@ from tl_spec.zoo.train import TrainConfig, train_base, train_tokenizer
 from tl_spec.zoo.variant_models import ATTRIBUTE as _VARIANT_ATTRIBUTE
 
 __all__ = ["MARKER", "SETS", "ZooEntry", "ZooModel", "available", "build", "cache_dir", "find",
-           "load", "model_dir", "refit_groups", "variant_groups"]
+           "load", "model_dir", "refit_groups", "twin_families", "variant_groups"]
 
 MARKER = "tl_spec_zoo.json"
 TOKENIZER = "tokenizer"
@@ -57,6 +58,11 @@ _BASE_V1 = dict(n_layers=4, d_model=64, n_heads=8, d_mlp=192, ctx=128, steps=120
 _BASE = {**_BASE_V1, "n_heads": 4, "steps": 2600, "copy_warmup": 1500, "copy_until": 0.4,
          "copy_frac": 0.125, "bos_frac": 0.5}
 _TWIN_SEEDS = (1, 2, 3)
+# Every base of the default set gets SFT and DPO twins with one recipe (seed = data order and
+# preference sampling), so the twins differ from each other only in the attention they inherit.
+TWIN_ARCHS = ("gqa", "mha", "swa")
+_SFT = {"steps": 200, "lr": 1e-3, "batch_size": 16}
+_DPO = {"steps": 150, "lr": 5e-4, "batch_size": 8, "beta": 0.1}
 THREADS = 1  # torch threads per model build: part of the recipe (reductions follow it)
 
 
@@ -88,13 +94,13 @@ def _default() -> list[ZooModel]:
         ZooModel("base-swa", "default", "pretrain",
                  TrainConfig(arch="mistral", n_kv_heads=2, sliding_window=32, seed=0, **_BASE)),
     ]
-    for seed in _TWIN_SEEDS:
-        models.append(ZooModel(f"gqa-sft-{seed}", "default", "sft", parent="base-gqa", seed=seed,
-                               options={"steps": 200, "lr": 1e-3, "batch_size": 16}))
-    for seed in _TWIN_SEEDS:
-        models.append(ZooModel(f"gqa-dpo-{seed}", "default", "dpo", parent=f"gqa-sft-{seed}",
-                               seed=seed, options={"steps": 150, "lr": 5e-4, "batch_size": 8,
-                                                   "beta": 0.1}))
+    for arch in TWIN_ARCHS:  # gqa first: its twins were the set's first, names unchanged
+        for seed in _TWIN_SEEDS:
+            models.append(ZooModel(f"{arch}-sft-{seed}", "default", "sft", parent=f"base-{arch}",
+                                   seed=seed, options=dict(_SFT)))
+        for seed in _TWIN_SEEDS:
+            models.append(ZooModel(f"{arch}-dpo-{seed}", "default", "dpo",
+                                   parent=f"{arch}-sft-{seed}", seed=seed, options=dict(_DPO)))
     return models
 
 
@@ -243,6 +249,32 @@ def refit_groups(*, seeds: int | None = None, depths: Sequence[int] | None = Non
         groups.append(StudyGroup(f"L{depth}-wd{wd:g}", depth, wd,
                                  [load(n, backend=backend) for n in names]))
     return groups
+
+
+def twin_families(archs: Sequence[str] = ("mha", "gqa", "swa"), *,
+                  seeds: Sequence[int] = _TWIN_SEEDS, backend: str = "auto") -> list[TwinFamily]:
+    """The default set's bases with their SFT and DPO twins, one family per attention type.
+
+    What :func:`tl_spec.controlled_alignment_study` compares (shipped: nothing to build). The
+    order of ``archs`` is the order of the study's differences (later minus earlier).
+
+    >>> [f.name for f in twin_families(("gqa", "swa"), seeds=(1,))]  # doctest: +SKIP
+    ['gqa', 'swa']
+    """
+    archs, seeds = list(archs), list(seeds)
+    bad = [a for a in archs if a not in TWIN_ARCHS]
+    if bad or not archs or len(set(archs)) != len(archs):
+        raise TLSpecError(f"archs must be distinct names among {', '.join(TWIN_ARCHS)}, got "
+                          f"{archs}")
+    if not seeds or any(s not in _TWIN_SEEDS for s in seeds) or len(set(seeds)) != len(seeds):
+        raise TLSpecError(f"seeds must be distinct twin seeds among {list(_TWIN_SEEDS)}, got "
+                          f"{seeds}")
+    for name in [f"{a}-{k}-{s}" for a in archs for k in ("sft", "dpo") for s in seeds]:
+        model_dir(name, verify=False)  # every twin exists before any is loaded
+    return [TwinFamily(a, load(f"base-{a}", backend=backend),
+                       [load(f"{a}-sft-{s}", backend=backend) for s in seeds],
+                       [load(f"{a}-dpo-{s}", backend=backend) for s in seeds], seeds=tuple(seeds))
+            for a in archs]
 
 
 @dataclass(frozen=True)
@@ -407,4 +439,5 @@ def build(
 
 register_source("refit_groups", refit_groups)
 register_source("variant_groups", variant_groups)
+register_source("twin_families", twin_families)
 
