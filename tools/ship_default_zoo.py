@@ -3,9 +3,11 @@
     python tools/ship_default_zoo.py /path/to/built/default [--only NAME,NAME,...]
 
 ``--only`` ships just those models and leaves every other shipped model as it is (the MHA and SWA
-twins were added that way, from tools/build_twins_from_shipped.py). The weights are stored in float16 to keep the wheel small (each model ~0.7 MB). Each marker keeps
-the SHA-256 of the float32 build (``built_weights_sha256``: `tl-spec zoo build default`
-reproduces it bit for bit with the same recipe and thread count) and of the shipped float16 file
+twins were added that way, from tools/build_twins_from_shipped.py). The weights are stored in
+float16 to keep the wheel small (each model ~0.7 MB). Each marker keeps the SHA-256 of the
+float32 build (``built_weights_sha256``: the same recipe and thread count reproduce it bit for
+bit under the transformers release recorded in the model's ``config.json``; a newer release
+can change the weights slightly, see docs/zoo.md) and of the shipped float16 file
 (``weights_sha256``, checked on every load).
 """
 
