@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,7 @@ from conftest import LOADABLE
 
 import tl_spec
 from tl_spec import TLSpecError, length_profile, specialization_index
-from tl_spec.experiments import length as length_mod
 from tl_spec.hooks.length import prefix_tokens
-from tl_spec.options import LengthOptions, SIOptions, StatsOptions
 from tl_spec.prompts import STANDARD_10
 
 # 16 to 74 tokens on the zoo tokenizer: every length below cuts some prompt, 48 and 64 bind the
@@ -159,21 +156,10 @@ def test_unsorted_lengths_are_sorted(zoo_model) -> None:
 
 
 def test_a_route_is_refused(zoo_model) -> None:
-    """Routes (issue 18 item 1) pad to a fixed length: refused, whichever branch defines them."""
+    """Reproduction routes pad every prompt to a fixed length: a length profile is refused."""
     model = zoo_model("base-gqa", "bridge")
-    if "route" in SIOptions.names():
-        with pytest.raises(TLSpecError, match="route='e11_masked'"):
-            length_profile(model, PROMPTS, (16, 32), method="entropy_profile",
-                           route="e11_masked")
-        return
-
-    @dataclass(frozen=True)
-    class Routed(SIOptions):
-        route: str = "tl_spec"
-
-    with pytest.raises(TLSpecError, match="does not apply"):
-        length_mod._check(model, LengthOptions(lengths=(16, 32)),
-                          Routed(method="entropy_profile", route="e11_masked"), StatsOptions())
+    with pytest.raises(TLSpecError, match="route='e11_masked'"):
+        length_profile(model, PROMPTS, (16, 32), method="entropy_profile", route="e11_masked")
 
 
 def test_nan_weights_are_never_silent() -> None:

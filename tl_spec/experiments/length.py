@@ -202,10 +202,9 @@ def _truncate(inputs: Inputs, length: int) -> Inputs:
 
 
 def _check(model: Any, lo: LengthOptions, opts: SIOptions, st: StatsOptions) -> None:
-    route = getattr(opts, "route", "tl_spec")
-    if route != "tl_spec":
+    if opts.route != "tl_spec":
         raise TLSpecError(
-            f"route={route!r} pads every prompt to a fixed length, so a length profile does not "
+            f"route={opts.route!r} pads every prompt to a fixed length, so a length profile does not "
             "apply to it; use route='tl_spec' (the default), which truncates each prompt to "
             "min(its length, L)"
         )

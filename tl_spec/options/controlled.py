@@ -21,12 +21,7 @@ from typing import Any
 from tl_spec.errors import TLSpecError
 from tl_spec.options.base import Options, option
 from tl_spec.options.noise import OptionTextError
-from tl_spec.options.si import METHODS, StatsOptions
-
-try:  # the reproduction routes (issue 18 item 1) may not be part of this tl_spec yet
-    from tl_spec.options.si import ROUTE_METHOD  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - depends on the branch
-    ROUTE_METHOD: dict[str, str] = {}  # type: ignore[no-redef]
+from tl_spec.options.si import METHODS, ROUTE_METHOD, StatsOptions
 
 __all__ = ["ControlledOptions", "ControlledStatsOptions", "DEFAULT_ROUTE", "available_routes",
            "parse_lengths", "parse_names"]
