@@ -201,6 +201,15 @@ class PatternStats(HookSet):
         hook.__name__ = f"tl_spec_pattern_stats_L{layer}"
         return hook
 
+    def _check_rows(self, layer: int, pattern: torch.Tensor, measured: torch.Tensor) -> None:
+        """Note whether any measured query row of ``pattern`` is broken (see :meth:`collect`)."""
+        row_sums = pattern.sum(-1)
+        # a real query attends at least to itself: a NaN/Inf row, or an exactly zero one (what
+        # HookedTransformer makes of NaN scores; attention sinks leave rows below 1, not at 0),
+        # means the forward pass went wrong
+        broken = ~torch.isfinite(row_sums) | (row_sums == 0)
+        self._bad_rows[layer].append((measured[:, None, :] & broken).any())
+
     @torch.no_grad()
     def reduce(
         self, layer: int, pattern: Float[torch.Tensor, "batch n_heads query_pos key_pos"]
@@ -209,12 +218,7 @@ class PatternStats(HookSet):
         batch, _, n_q, _ = pattern.shape
         token_valid = real_tokens(self.attention_mask, batch, n_q, pattern.device, owner="stats")
         measured = self._measured(batch, n_q, pattern.device)
-        row_sums = pattern.sum(-1)
-        # a real query attends at least to itself: a NaN/Inf row, or an exactly zero one (what
-        # HookedTransformer makes of NaN scores; attention sinks leave rows below 1, not at 0),
-        # means the forward pass went wrong
-        broken = ~torch.isfinite(row_sums) | (row_sums == 0)
-        self._bad_rows[layer].append((measured[:, None, :] & broken).any())
+        self._check_rows(layer, pattern, measured)
         store = self._per_batch
         if "correlation" in store:
             valid = entry_mask(token_valid, region=self.region, window=self.windows[layer])

@@ -95,9 +95,7 @@ class PrefixPatternStats(PatternStats):
         """Reduce one layer's pattern for the current batch, at every prefix length."""
         batch, _, n_q, _ = pattern.shape
         token_valid = real_tokens(self.attention_mask, batch, n_q, pattern.device, owner="stats")
-        row_sums = pattern.sum(-1)
-        broken = ~torch.isfinite(row_sums) | (row_sums == 0)  # as PatternStats.reduce
-        self._bad_rows[layer].append((token_valid[:, None, :] & broken).any())
+        self._check_rows(layer, pattern, token_valid)
         positions = torch.arange(n_q, device=pattern.device)
         for n in self.lengths:
             valid = prefix_tokens(token_valid, n)
