@@ -9,7 +9,7 @@ embedding is never read). Random init is enough for timing and memory.
 
 Three sub-commands, each meant to run in its own fresh process:
 
-``build``: write the checkpoint (once; ~4.4 GB on disk, ~9 GB RSS while saving).
+``build``: write the checkpoint (once; 4.4 GB on disk, 4.6 GiB peak RSS, ~1 min).
 
 ``time``: load the model once (``--dtype``, ``--backend``) and time, interleaved (A B A B ...),
    per prompt setting: the bare forward over exactly the batches SI runs (no hooks,
@@ -31,8 +31,8 @@ Three sub-commands, each meant to run in its own fresh process:
     python benchmarks/bench_scale.py time --dtype bfloat16 --lengths std10 128 512 2048
     python benchmarks/bench_scale.py mem --dtype bfloat16 --route si --tokens 2048
 
-Every sub-command prints one JSON line (``RESULT {...}``) and appends it to ``--out``/bench_scale.jsonl,
-with the 1-minute load average before and after.
+Every sub-command prints one JSON line (``RESULT {...}``) and appends it to
+``--out``/bench_scale.jsonl, with the 1-minute load average before and after.
 """
 
 from __future__ import annotations
@@ -95,8 +95,8 @@ def build(args: argparse.Namespace) -> dict:
     from tl_spec.zoo.tiny import build_tokenizer
 
     out = Path(args.dir)
-    if (out / "config.json").exists() and (out / "model.safetensors.index.json").exists() or \
-            (out / "model.safetensors").exists():
+    weights = ("model.safetensors", "model.safetensors.index.json")
+    if (out / "config.json").exists() and any((out / w).exists() for w in weights):
         return {"built": False, "dir": str(out)}
     out.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer(384)
@@ -262,7 +262,8 @@ def main() -> int:
                load_1min_start_end=[round(l0, 2), round(loadavg(), 2)],
                versions={"torch": torch.__version__,
                          "transformer_lens": version("transformer-lens"),
-                         "transformers": version("transformers"), "python": platform.python_version()})
+                         "transformers": version("transformers"),
+                         "python": platform.python_version()})
     line = json.dumps(res)
     print("RESULT " + line, flush=True)
     out = Path(args.out)

@@ -34,7 +34,7 @@ small), 32 random-token prompts of 128 tokens (``--n-tokens``), 16 blocks, 2 nul
 resamples; one JSON line per condition (time, CPU time, peak RSS, load average) is appended to
 ``--out``/bench_stability_bounded.jsonl:
 
-    python benchmarks/bench_stability.py --bounded [--models 2 4 6 10] [--estimators minibatch exact]
+    python benchmarks/bench_stability.py --bounded [--models 2 4 6 10] [--estimators minibatch]
 """
 
 from __future__ import annotations
@@ -411,7 +411,8 @@ def bounded_child(estimator: str, n_models: int, n_prompts: int, n_blocks: int,
     return {"estimator": r.settings["estimator"], "models": n_models, "prompts": n_prompts,
             "tokens": n_tokens,
             "blocks": n_blocks, "resamples": n_resamples, "seconds": round(seconds, 1),
-            "cpu_seconds": round(cpu, 1), "load_1min": [round(load0, 2), round(os.getloadavg()[0], 2)],
+            "cpu_seconds": round(cpu, 1),
+            "load_1min": [round(load0, 2), round(os.getloadavg()[0], 2)],
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
             "rss_before_gib": round(rss0, 3), "threads": torch.get_num_threads(),
