@@ -30,9 +30,11 @@ Results go to ``--out``/bench_stability.json and bench_stability.md.
 (exact / minibatch), each condition alone in a fresh subprocess (``ru_maxrss``), on random-init
 HookedTransformers of a Pythia-160M-like shape cut to 4 layers (d_model 768, 12 heads of 64,
 d_mlp 3072, rotary, parallel attention + MLP; vocabulary cut to 4096 so the weights stay
-small), 32 random-token prompts of 128 tokens, 16 blocks, 2 null models, 200 resamples:
+small), 32 random-token prompts of 128 tokens (``--n-tokens``), 16 blocks, 2 null models, 200
+resamples; one JSON line per condition (time, CPU time, peak RSS, load average) is appended to
+``--out``/bench_stability_bounded.jsonl:
 
-    python benchmarks/bench_stability.py --bounded [--models 4 10] [--estimators minibatch exact]
+    python benchmarks/bench_stability.py --bounded [--models 2 4 6 10] [--estimators minibatch]
 """
 
 from __future__ import annotations
@@ -386,7 +388,7 @@ PYTHIA_LIKE = dict(n_layers=4, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d
 
 
 def bounded_child(estimator: str, n_models: int, n_prompts: int, n_blocks: int,
-                  n_resamples: int) -> dict:
+                  n_resamples: int, n_tokens: int = 128) -> dict:
     """One condition in this process: build the models, run head_stability, report time + RSS."""
     import resource
 
@@ -396,15 +398,22 @@ def bounded_child(estimator: str, n_models: int, n_prompts: int, n_blocks: int,
     for seed in range(n_models):
         cfg = HookedTransformerConfig(**PYTHIA_LIKE, seed=seed, model_name=f"pythia-like-s{seed}")
         models.append(HookedTransformer(cfg).eval())
-    tokens = torch.randint(0, PYTHIA_LIKE["d_vocab"], (n_prompts, 128),
+    tokens = torch.randint(0, PYTHIA_LIKE["d_vocab"], (n_prompts, n_tokens),
                            generator=torch.Generator().manual_seed(0))
+    import os
+
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    t0 = time.perf_counter()
+    load0 = os.getloadavg()[0]
+    t0, c0 = time.perf_counter(), time.process_time()
     r = tl_spec.head_stability(models, tokens, measure="output", null=2, n_blocks=n_blocks,
                                n_resamples=n_resamples, estimator=estimator)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"estimator": r.settings["estimator"], "models": n_models, "prompts": n_prompts,
+            "tokens": n_tokens,
             "blocks": n_blocks, "resamples": n_resamples, "seconds": round(seconds, 1),
+            "cpu_seconds": round(cpu, 1),
+            "load_1min": [round(load0, 2), round(os.getloadavg()[0], 2)],
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
             "rss_before_gib": round(rss0, 3), "threads": torch.get_num_threads(),
             "stability": [round(float(v), 4) for v in r.stability],
@@ -424,28 +433,31 @@ def bounded_main(argv: list[str]) -> int:
     p.add_argument("--n-prompts", type=int, default=32)
     p.add_argument("--n-blocks", type=int, default=16)
     p.add_argument("--n-resamples", type=int, default=200)
+    p.add_argument("--n-tokens", type=int, default=128, help="tokens per prompt")
     p.add_argument("--out", default="benchmarks/out")
     args = p.parse_args(argv)
     if args.child:
         warnings.simplefilter("ignore")
         print(json.dumps(bounded_child(args.estimators[0], args.models[0], args.n_prompts,
-                                       args.n_blocks, args.n_resamples)))
+                                       args.n_blocks, args.n_resamples, args.n_tokens)))
         return 0
-    rows = []
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     for n_models in args.models:
         for est in args.estimators:
             cmd = [sys.executable, __file__, "--bounded", "--child", "--models", str(n_models),
                    "--estimators", est, "--n-prompts", str(args.n_prompts), "--n-blocks",
-                   str(args.n_blocks), "--n-resamples", str(args.n_resamples)]
+                   str(args.n_blocks), "--n-resamples", str(args.n_resamples),
+                   "--n-tokens", str(args.n_tokens)]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
                 print(done.stderr[-2000:], file=sys.stderr)
                 return done.returncode
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(json.dumps(rows[-1]), flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_stability_bounded.json").write_text(json.dumps(rows, indent=2) + "\n")
+            row = dict(json.loads(done.stdout.strip().splitlines()[-1]),
+                       command="python benchmarks/bench_stability.py " + " ".join(argv))
+            print(json.dumps(row), flush=True)
+            with open(out / "bench_stability_bounded.jsonl", "a") as f:  # one line per condition
+                f.write(json.dumps(row) + "\n")
     return 0
 
 

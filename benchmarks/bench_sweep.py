@@ -242,7 +242,10 @@ def prepare_backend(args, backend: str, model_dir: Path, tol: float) -> dict:
     tokenized = tokenize(model, STANDARD_10, max_length=MAX_LENGTH)
     fast_res, plain_res = sweep(model, True), sweep(model, False)
     diff = float(np.max(np.abs(fast_res.si - plain_res.si)))
-    assert diff <= 1e-6, ("fast vs fast=False SI grid", backend, diff)
+    # float32 rounding of differently grouped batches: measured 7.7e-7 (bridge) and 1.04e-6
+    # (hooked) at full size on 2026-12-02, 3.4e-15 in --quick; so 1e-5 in float32
+    fast_tol = 1e-5 if args.dtype == "float32" else tol
+    assert diff <= fast_tol, ("fast vs fast=False SI grid", backend, diff)
     assert abs(fast_res.si_clean - plain_res.si_clean) <= 1e-12
     region_layers = fast_res.region_layers
     plan, _ = floor_plan(model, tokenized, region_layers, args.device)
