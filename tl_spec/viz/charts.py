@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -22,11 +23,38 @@ from tl_spec.colors import OKABE_ITO
 from tl_spec.viz.figures import _STYLE, _figure
 from tl_spec.viz.html import content_key, esc
 
-__all__ = ["line_chart"]
+__all__ = ["inline_svg", "line_chart"]
 
 # Text as <text> elements in the page's font, not paths; no per-file style rule leaking into the page.
 _SVG_STYLE = {**_STYLE, "svg.fonttype": "none",
               "font.sans-serif": ["DejaVu Sans", "Arial", "Helvetica", "sans-serif"]}
+
+
+def inline_svg(fig: Any, label: str) -> str:
+    """A matplotlib figure as SVG text to inline in a page, labelled for screen readers.
+
+    Saved without date or creator (reproducible bytes); the XML prolog, the metadata and the
+    stylesheet (a page-wide ``*`` rule) are removed. Call it inside the ``rc_context`` that drew
+    the figure, so its ``svg.hashsalt`` applies.
+
+    Args:
+        fig: the matplotlib figure.
+        label: the ``aria-label`` of the ``<svg>`` (escaped here).
+
+    Returns:
+        The ``<svg ...>...</svg>`` text.
+
+    >>> import matplotlib.pyplot as plt
+    >>> inline_svg(plt.figure(), "empty").startswith('<svg role="img" aria-label="empty"')
+    True
+    """
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None}, facecolor="white")
+    svg = buf.getvalue()
+    svg = svg[svg.index("<svg"):]                                   # no XML prolog or doctype
+    svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
+    svg = re.sub(r"<style[^>]*>.*?</style>", "", svg, flags=re.S)   # a page-wide `*` rule
+    return svg.replace("<svg ", f'<svg role="img" aria-label="{esc(label)}" ', 1)
 
 
 def line_chart(
@@ -69,14 +97,6 @@ def line_chart(
             ax.xaxis.get_major_locator().set_params(integer=True)
         ax.margins(x=0.03, y=0.08)
         ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-        buf = io.StringIO()
-        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None},
-                    facecolor="white")
-    svg = buf.getvalue()
-    svg = svg[svg.index("<svg"):]                                   # no XML prolog or doctype
-    svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
-    svg = re.sub(r"<style[^>]*>.*?</style>", "", svg, flags=re.S)   # a page-wide `*` rule
-    svg = svg.replace("<svg ", f'<svg role="img" aria-label="{esc(ylabel)} against '
-                               f'{esc(xlabel)}" ', 1)
+        svg = inline_svg(fig, f"{ylabel} against {xlabel}")
     return (f'<figure class="r-chart" data-xlabel="{esc(xlabel)}" data-ylabel="{esc(ylabel)}" '
             f'data-series="{len(ys)}">{svg.strip()}</figure>')

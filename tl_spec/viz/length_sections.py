@@ -14,14 +14,12 @@ True
 
 from __future__ import annotations
 
-import io
-import re
 from typing import Any
 
 import numpy as np
 
 from tl_spec.colors import OKABE_ITO
-from tl_spec.viz.charts import _SVG_STYLE
+from tl_spec.viz.charts import _SVG_STYLE, inline_svg
 from tl_spec.viz.figures import _figure
 from tl_spec.viz.html import content_key, esc
 from tl_spec.viz.sections import (
@@ -102,14 +100,7 @@ def length_chart(result: Any, *, width: float = 6.4, height: float = 2.9) -> str
         ax.set_ylabel(f"SI ({result.method})")
         ax.margins(x=0.03, y=0.08)
         ax.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.01, 0.5))
-        buf = io.StringIO()
-        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None},
-                    facecolor="white")
-    svg = buf.getvalue()
-    svg = svg[svg.index("<svg"):]
-    svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
-    svg = re.sub(r"<style[^>]*>.*?</style>", "", svg, flags=re.S)
-    svg = svg.replace("<svg ", '<svg role="img" aria-label="SI against truncation length" ', 1)
+        svg = inline_svg(fig, "SI against truncation length")
     listed = ",".join(str(n) for n in marks)
     return (f'<figure class="r-chart" data-xlabel="truncation length L (tokens)" '
             f'data-ylabel="SI ({esc(result.method)})" data-marks="{listed}">{svg.strip()}</figure>')
