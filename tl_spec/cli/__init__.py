@@ -13,6 +13,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tl_spec.cli.inputs import add_json_arg as _add_json_arg
+from tl_spec.cli.inputs import add_loading_args as _add_loading_args
+from tl_spec.cli.inputs import add_model_args as _add_model_args
+from tl_spec.cli.inputs import add_prompt_args as _add_prompt_args
+from tl_spec.cli.inputs import add_quiet_arg as _add_quiet_arg
 from tl_spec.cli.inputs import check_creatable
 from tl_spec.cli.inputs import check_models as _check_models
 from tl_spec.cli.inputs import check_output as _check_output
@@ -115,11 +120,6 @@ def _fill_tiny(sub: Any) -> None:
     tiny.add_argument("--seed", type=int, default=0)
 
 
-def _add_quiet_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quiet", action="store_true",
-                   help="no progress bars (they are also off when stderr is not a terminal)")
-
-
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -128,35 +128,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
-
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="local Hugging Face checkpoint directory, zoo model name "
-                   "(`tl-spec zoo list`, also as zoo:NAME) or hub name (online or cached)")
-    _add_loading_args(p)
-
-
-def _add_loading_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="auto", choices=("auto", "bridge", "hooked"),
-                   help="TransformerLens backend (default: auto)")
-    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16, float64")
-    p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, ...")
-
-
-def _add_json_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", default=None, metavar="PATH|-",
-                   help="write the result as JSON (atomically) to PATH, or to stdout with - "
-                        "(default: not written)")
-
-
-def _add_prompt_args(p: argparse.ArgumentParser, default: str = "Standard-10") -> None:
-    p.add_argument("--prompts", default=None,
-                   help=f"prompt file (numbered 'N. text' or one per line) (default: {default})")
-    p.add_argument("--prompts-md5", default=None,
-                   help="expected MD5 of '|||'.join(prompts) (default: not checked)")
-    p.add_argument("--prompts-sha256", default=None,
-                   help="expected SHA-256 of the file (default: not checked)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,7 +20,8 @@ from typing import Any
 from tl_spec.checkpoints import check_hub_name
 from tl_spec.errors import TLSpecError
 
-__all__ = ["check_creatable", "check_loading", "check_models", "check_output",
+__all__ = ["add_json_arg", "add_loading_args", "add_model_args", "add_prompt_args",
+           "add_quiet_arg", "check_creatable", "check_loading", "check_models", "check_output",
            "check_text_file", "load_resolved", "progress", "resolve_model"]
 
 
@@ -160,3 +161,43 @@ def check_models(args: argparse.Namespace, names: Sequence[str]) -> list[tuple[s
     """The loading flags and every model name, checked before the first model is loaded."""
     check_loading(args)
     return [resolve_model(name) for name in names]
+
+
+# The flags several sub-commands share (defined once; tl_spec.cli and its command modules use them).
+
+def add_quiet_arg(p: argparse.ArgumentParser) -> None:
+    """`--quiet`."""
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars (they are also off when stderr is not a terminal)")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The positional MODEL and the loading flags."""
+    p.add_argument("model", help="local Hugging Face checkpoint directory, zoo model name "
+                   "(`tl-spec zoo list`, also as zoo:NAME) or hub name (online or cached)")
+    add_loading_args(p)
+
+
+def add_loading_args(p: argparse.ArgumentParser) -> None:
+    """`--backend`, `--dtype`, `--device`."""
+    p.add_argument("--backend", default="auto", choices=("auto", "bridge", "hooked"),
+                   help="TransformerLens backend (default: auto)")
+    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16, float64")
+    p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, ...")
+
+
+def add_json_arg(p: argparse.ArgumentParser) -> None:
+    """`--json PATH|-`."""
+    p.add_argument("--json", default=None, metavar="PATH|-",
+                   help="write the result as JSON (atomically) to PATH, or to stdout with - "
+                        "(default: not written)")
+
+
+def add_prompt_args(p: argparse.ArgumentParser, default: str = "Standard-10") -> None:
+    """`--prompts`, `--prompts-md5`, `--prompts-sha256`."""
+    p.add_argument("--prompts", default=None,
+                   help=f"prompt file (numbered 'N. text' or one per line) (default: {default})")
+    p.add_argument("--prompts-md5", default=None,
+                   help="expected MD5 of '|||'.join(prompts) (default: not checked)")
+    p.add_argument("--prompts-sha256", default=None,
+                   help="expected SHA-256 of the file (default: not checked)")

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tl_spec.cli.inputs import add_json_arg, add_model_args, add_prompt_args, add_quiet_arg
 from tl_spec.cli.inputs import check_creatable, check_models, check_output, check_text_file
 from tl_spec.cli.inputs import load_resolved, progress
 from tl_spec.options import LengthOptions, SIOptions, StatsOptions
@@ -32,26 +33,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """
     p = subparsers.add_parser("length", help="SI at several prompt lengths; marks where "
                               "sliding windows start to bind")
-    p.add_argument("model", help="local Hugging Face checkpoint directory, zoo model name "
-                   "(`tl-spec zoo list`, also as zoo:NAME) or hub name (online or cached)")
-    p.add_argument("--backend", default="auto", choices=("auto", "bridge", "hooked"),
-                   help="TransformerLens backend (default: auto)")
-    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16, float64")
-    p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, ...")
+    add_model_args(p)
     LengthOptions.add_arguments(p)
     SIOptions.add_arguments(p, exclude=("stat_dtype", "aggregate"))
     StatsOptions.add_arguments(p)
-    p.add_argument("--prompts", default=None,
-                   help="prompt file (numbered 'N. text' or one per line) (default: Standard-10)")
-    p.add_argument("--prompts-md5", default=None,
-                   help="expected MD5 of '|||'.join(prompts) (default: not checked)")
-    p.add_argument("--prompts-sha256", default=None,
-                   help="expected SHA-256 of the file (default: not checked)")
-    p.add_argument("--quiet", action="store_true",
-                   help="no progress bars (they are also off when stderr is not a terminal)")
-    p.add_argument("--json", default=None, metavar="PATH|-",
-                   help="write the result as JSON (atomically) to PATH, or to stdout with - "
-                        "(default: not written)")
+    add_prompt_args(p)
+    add_quiet_arg(p)
+    add_json_arg(p)
     p.add_argument("--report", default=None, metavar="DIR",
                    help="write DIR/report.html with the chart and table (default: not written)")
     p.set_defaults(func=run)
