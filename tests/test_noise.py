@@ -84,6 +84,42 @@ def test_noise_is_a_pure_function_of_seed_prompt_layer_site(tl_model):
     assert not torch.equal(together, other_layer)
 
 
+@pytest.mark.parametrize("site", ["attn_out", "z", "pattern"])
+def test_shared_draws_give_the_same_noise(tl_model, site):
+    """NoiseDraws (what a sweep shares between sigmas) changes no value: sigma times the same
+    draw, hooks with and without the store equal bit for bit; the store is bounded."""
+    from tl_spec.hooks.noising import NoiseDraws
+
+    model = tl_model("llama-gqa", "bridge")
+    a, b = model.to_tokens(STANDARD_10[0])[0], model.to_tokens(STANDARD_10[2])[0]
+    batch = torch.zeros(2, max(len(a), len(b)), dtype=torch.long)
+    mask = torch.zeros_like(batch)
+    batch[0, -len(a):], mask[0, -len(a):] = a, 1
+    batch[1, : len(b)], mask[1, : len(b)] = b, 1
+    shape = {"attn_out": (model.cfg.d_model,), "z": (model.cfg.n_heads, model.cfg.d_head),
+             "pattern": (model.cfg.n_heads, batch.shape[1])}[site]
+    if site == "pattern":
+        x = torch.softmax(torch.randn(2, shape[0], batch.shape[1], shape[1]), -1)
+    else:
+        x = torch.zeros(2, batch.shape[1], *shape)
+    draws = NoiseDraws()
+    for sigma in (0.05, 0.2, 0.05):
+        shared = noise(model, sigma=sigma, layers=[0, 1], site=site, seed=3)
+        shared.draws = draws
+        fresh = noise(model, sigma=sigma, layers=[0, 1], site=site, seed=3)
+        for layer in (0, 1):
+            got = shared.bind(batch, mask, seeds=[3, 4]).apply(layer, x)
+            want = fresh.bind(batch, mask, seeds=[3, 4]).apply(layer, x)
+            assert torch.equal(got, want) and not torch.equal(got, x)
+    assert draws.hits == 2 * 2 * 2  # the 2nd and 3rd sigma reuse 2 rows x 2 layers
+    small = NoiseDraws(max_bytes=draws.nbytes // 2)
+    hooks = noise(model, sigma=0.1, layers=[0, 1], site=site, seed=3)
+    hooks.draws = small
+    for layer in (0, 1):
+        hooks.bind(batch, mask).apply(layer, x)
+    assert 0 < small.nbytes <= small.max_bytes
+
+
 def test_z_site_heads_and_kv_group(tl_model):
     model = tl_model("llama-gqa", "bridge")  # 8 query heads, 2 KV groups
     tokens = model.to_tokens("The cat sat on the mat")

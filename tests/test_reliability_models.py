@@ -71,6 +71,32 @@ def test_nan_mlp_weight_caught_in_the_residual_stream(tiny_checkpoints, backend)
         tl_spec.specialization_index(model, list(STANDARD_10[:2]))
 
 
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_residual_check_is_exact(tl_model, value):
+    """The residual check flags NaN/+-Inf on real tokens only; the largest finite values pass
+    (the check sums x * 0, which cannot overflow)."""
+    from tl_spec.hooks.capture import PatternStats
+
+    model = tl_model("llama-gqa", "bridge")
+    mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+
+    def run(resid):
+        stats = PatternStats(model, stats=("column_entropy",))
+        stats.attention_mask = mask
+        for name, fn in stats.fwd_hooks:
+            if name == "blocks.0.hook_resid_post":
+                fn(resid)
+        return stats
+
+    resid = torch.full((2, 4, int(model.cfg.d_model)), torch.finfo(torch.float32).max)
+    run(resid).check_finite()  # finite, however large
+    resid[0, 0, 5] = value  # a pad position: not measured
+    run(resid).check_finite()
+    resid[1, 2, 7] = value
+    with pytest.raises(TLSpecError, match=r"starting at layer 0: .*residual stream"):
+        run(resid).check_finite()
+
+
 # ---------------------------------------------------------------- item 4: broken checkpoints
 
 

@@ -35,7 +35,7 @@ import torch
 from tl_spec.errors import TLSpecError
 from tl_spec.running import model_device
 from tl_spec.hooks.capture import PatternStats
-from tl_spec.hooks.noising import NoiseHooks, prompt_key, site_hook_name
+from tl_spec.hooks.noising import NoiseDraws, NoiseHooks, prompt_key, site_hook_name
 from tl_spec.metrics.patterns import Region
 from tl_spec.resume import can_start_at_layer, forward_from_layer
 from tl_spec.names import hook_name
@@ -125,65 +125,76 @@ class _Runner:
                 capture_resid: Sequence[int] = (), source: Any = "clean",
                 site_sq: dict[int, list[float]] | None = None, kind: str,
                 stats_from: int = 0) -> dict[str, np.ndarray]:
-        """Run ``rows`` ((prompt, seed) pairs); return per-row stats in the given row order."""
-        out: dict[str, list[np.ndarray]] = defaultdict(list)
+        """Run ``rows`` ((prompt, seed) pairs); return per-row stats in the given row order.
+
+        The rows run in length-grouped batches under one ``model.hooks`` context, with one
+        :class:`~tl_spec.hooks.PatternStats` for all of them: the hooks read the batch being run
+        from ``batch`` (and the bound statistics and noise), so nothing is attached per batch.
+        """
+        pstats = None
+        hooks: list[tuple[str, Any]] = []
+        if self.stats and stats_from < self.n_layers:
+            pstats = PatternStats(self.model, stats=self.stats, region=self.region,
+                                  layers=range(stats_from, self.n_layers),
+                                  dtype=self.stat_dtype, eager_padding=self.routed,
+                                  rows="all" if self.tok.route in ROUTES_WITH_PAD_ROWS
+                                  else "valid")
+            hooks += pstats.fwd_hooks
+        if noise is not None:
+            hooks += noise.fwd_hooks
+        batch: dict[str, Any] = {}  # the batch being run: its mask and the residuals grabbed
+        for layer in capture_resid:
+            hooks.append((hook_name("resid_pre", layer),
+                          lambda x, hook, layer=layer: batch["grabbed"].__setitem__(layer, x)))
+        if site_sq is not None:
+            hooks += self._rms_hooks(site_sq, batch)
+        losses: dict[str, list[np.ndarray]] = defaultdict(list)
         ran: list[tuple[int, int]] = []
-        for chunk in self._chunks(list(rows)):
-            prompts = [p for p, _ in chunk]
-            tokens, mask = pad_batch([self.tok.ids[p] for p in prompts], pad_id=self.pad,
-                                     padding_side=self.side, device=self.device,
-                                     width=self.tok.pad_to)
-            model_mask = torch.ones_like(mask) if self.side == "right" or self.routed else mask
-            hooks: list[tuple[str, Any]] = []
-            pstats = None
-            if self.stats and stats_from < self.n_layers:
-                pstats = PatternStats(self.model, stats=self.stats, region=self.region,
-                                      layers=range(stats_from, self.n_layers),
-                                      dtype=self.stat_dtype, eager_padding=self.routed,
-                                      rows="all" if self.tok.route in ROUTES_WITH_PAD_ROWS
-                                      else "valid")
-                pstats.attention_mask = mask
-                hooks += pstats.fwd_hooks
-            if noise is not None:
-                noise.bind(tokens, mask, seeds=[s for _, s in chunk],
-                           keys=[self.keys[p] for p in prompts])
-                hooks += noise.fwd_hooks
-            grabbed: dict[int, torch.Tensor] = {}
-            for layer in capture_resid:
-                hooks.append((hook_name("resid_pre", layer),
-                              lambda x, hook, layer=layer: grabbed.__setitem__(layer, x)))
-            if site_sq is not None:
-                hooks += self._rms_hooks(site_sq, mask)
-            with torch.inference_mode(), self.model.hooks(fwd_hooks=hooks):
-                return_type = "logits" if self.loss else None
+        return_type = "logits" if self.loss else None
+        with torch.inference_mode(), self.model.hooks(fwd_hooks=hooks):
+            for chunk in self._chunks(list(rows)):
+                prompts = [p for p, _ in chunk]
+                tokens, mask = pad_batch([self.tok.ids[p] for p in prompts], pad_id=self.pad,
+                                         padding_side=self.side, device=self.device,
+                                         width=self.tok.pad_to)
+                model_mask = (torch.ones_like(mask) if self.side == "right" or self.routed
+                              else mask)
+                batch.update(mask=mask, grabbed={})
+                if pstats is not None:
+                    pstats.attention_mask = mask
+                if noise is not None:
+                    noise.bind(tokens, mask, seeds=[s for _, s in chunk],
+                               keys=[self.keys[p] for p in prompts])
                 if start > 0 and self.can_start and resid is not None:
                     x = _pad_resid([resid[row] for row in chunk], mask)
                     logits = forward_from_layer(self.model, x, start, tokens=tokens,
                                                 attention_mask=model_mask,
                                                 return_type=return_type)
                 else:
-                    logits = self.model(tokens, attention_mask=model_mask, return_type=return_type)
-            self.forwards[kind] += 1
-            self.plan.append((kind, start if resid is not None else 0, prompts))
-            if pstats is not None:
-                out.update({k: out[k] + [v] for k, v in pstats.collect().items()})
-            if self.loss:
-                nll, n = _Loss.of(logits, tokens, mask)
-                out["nll_sum"].append(nll)
-                out["n_predicted"].append(n)
-            for layer, x in grabbed.items():
-                for r, (p, seed) in enumerate(chunk):
-                    self.resid_store[(source, p, seed, layer)] = x[r][mask[r].bool()].clone()
-            ran.extend(chunk)
+                    logits = self.model(tokens, attention_mask=model_mask,
+                                        return_type=return_type)
+                self.forwards[kind] += 1
+                self.plan.append((kind, start if resid is not None else 0, prompts))
+                if self.loss:
+                    nll, n = _Loss.of(logits, tokens, mask)
+                    losses["nll_sum"].append(nll)
+                    losses["n_predicted"].append(n)
+                for layer, x in batch["grabbed"].items():
+                    for r, (p, seed) in enumerate(chunk):
+                        self.resid_store[(source, p, seed, layer)] = x[r][mask[r].bool()].clone()
+                ran.extend(chunk)
+        out = {k: np.concatenate(v) for k, v in losses.items()}
+        if pstats is not None:
+            out.update(pstats.collect())  # batches in the order run, like ``ran``
         index = {r: i for i, r in enumerate(ran)}
         take = [index[r] for r in rows]
-        return {k: np.concatenate(v)[take] for k, v in out.items()}
+        return {k: v[take] for k, v in out.items()}
 
-    def _rms_hooks(self, site_sq: dict[int, list[float]], mask: torch.Tensor) -> list:
+    def _rms_hooks(self, site_sq: dict[int, list[float]], batch: dict[str, Any]) -> list:
         site, layers = self.rms_site
         def make(layer: int):
             def hook(x: torch.Tensor, hook: Any) -> None:
-                valid = mask.bool()
+                valid = batch["mask"].bool()
                 vals = x[valid].float() if site != "pattern" else x.float()
                 site_sq[layer][0] += float(vals.pow(2).sum())
                 site_sq[layer][1] += float(vals.numel())
@@ -261,6 +272,7 @@ def run_sweep(
     captures: dict[tuple, list[int]] = defaultdict(list)
     for donor, b in donors.values():
         captures[donor].append(b)
+    draws = NoiseDraws()  # conditions that differ only in sigma share their draws
     results: list[dict[str, np.ndarray] | None] = [None] * len(conditions)
     done: dict[tuple, dict[int, dict[str, np.ndarray]]] = {}
     iterator: Any = sorted(groups.items(), key=lambda kv: (len(kv[0][0]), kv[0]))
@@ -278,7 +290,7 @@ def run_sweep(
         done[key] = {}
         for seed_group in ([seeds] if fast else [[s] for s in seeds]):
             hooks = NoiseHooks(model, sigma=sigma, layers=list(layers), site=site,
-                               relative=relative)
+                               relative=relative, draws=draws)
             if relative:
                 hooks.calibrate(rms)
             grid = [(p, s) for s in seed_group for p in range(n_prompts)]

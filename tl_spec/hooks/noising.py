@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,6 +31,7 @@ from tl_spec.options.noise import NOISE_SITES, Site, check_seeds, check_sigma, c
 __all__ = [
     "SITES",
     "LayerSpec",
+    "NoiseDraws",
     "NoiseHooks",
     "Site",
     "check_noise_options",
@@ -90,6 +92,52 @@ def prompt_key(ids: Sequence[int]) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+#: What a :class:`NoiseDraws` keeps by default: the draws of a sweep's 5 sigmas x 3 seeds for a
+#: few layers of a large model; past it the oldest draws are dropped (and drawn again if needed).
+DRAW_CACHE_BYTES = 256 * 2**20
+
+
+class NoiseDraws:
+    """A bounded store of standard-normal draws, shared by noise hooks that differ only in sigma.
+
+    A row's noise is ``sigma`` times a standard-normal draw that depends on (seed, prompt, layer,
+    site) alone, so the conditions of a sweep that differ only in sigma can reuse one draw instead
+    of drawing it again: the values are the same tensor either way. The least recently used
+    draws are dropped past ``max_bytes``.
+
+    >>> draws = NoiseDraws(max_bytes=64)
+    >>> draws.put(("a",), torch.zeros(8)); draws.get(("a",)).shape  # 32 bytes: kept
+    torch.Size([8])
+    >>> draws.put(("b",), torch.zeros(16)); draws.get(("a",)) is None  # 96 bytes: "a" dropped
+    True
+    """
+
+    def __init__(self, max_bytes: int = DRAW_CACHE_BYTES) -> None:
+        self.max_bytes = int(max_bytes)
+        self.nbytes = 0
+        self.hits = 0
+        self._store: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+
+    def get(self, key: tuple) -> torch.Tensor | None:
+        """The draw stored under ``key`` (do not modify it), or None."""
+        draw = self._store.get(key)
+        if draw is not None:
+            self._store.move_to_end(key)
+            self.hits += 1
+        return draw
+
+    def put(self, key: tuple, draw: torch.Tensor) -> None:
+        """Keep ``draw`` under ``key``, dropping the least recently used past the budget."""
+        size = draw.numel() * draw.element_size()
+        if size > self.max_bytes or key in self._store:
+            return
+        self._store[key] = draw
+        self.nbytes += size
+        while self.nbytes > self.max_bytes:
+            _, old = self._store.popitem(last=False)
+            self.nbytes -= old.numel() * old.element_size()
+
+
 class NoiseHooks(HookSet):
     """Forward hooks adding N(0, sigma^2) noise at ``site`` in ``layers``; iterable as (name, fn).
 
@@ -106,6 +154,8 @@ class NoiseHooks(HookSet):
         relative: multiply sigma by the site's RMS per layer, measured on the clean run and given
             to :meth:`calibrate`, so models of different width get matched noise budgets.
         seed: the default noise seed of every row (``bind(..., seeds=...)`` sets one per row).
+        draws: a :class:`NoiseDraws` to share standard-normal draws with other hooks (a sweep's
+            conditions that differ only in sigma); ``None`` draws every time.
 
     >>> hooks = NoiseHooks(model, sigma=0.05, layers="late", seed=42)             # doctest: +SKIP
     >>> model.run_with_hooks(tokens, fwd_hooks=[*hooks.bind(tokens, mask)])      # doctest: +SKIP
@@ -122,6 +172,7 @@ class NoiseHooks(HookSet):
         kv_group: int | None = None,
         relative: bool = False,
         seed: int = 0,
+        draws: NoiseDraws | None = None,
     ) -> None:
         check_site(site)
         sigma = check_sigma(sigma)
@@ -153,6 +204,8 @@ class NoiseHooks(HookSet):
         self._keys: list[str] | None = None
         self._seeds: list[int] | None = None
         self._mask: torch.Tensor | None = None
+        self._spans: list[tuple[int, int]] = []
+        self.draws = draws
 
     def calibrate(self, rms: dict[int, float]) -> NoiseHooks:
         """Set the clean-run RMS of the site per layer (needed when ``relative=True``)."""
@@ -188,6 +241,9 @@ class NoiseHooks(HookSet):
         if keys is None:
             keys = [prompt_key(t[m.bool()].tolist()) for t, m in zip(tokens.cpu(), mask.cpu())]
         self._keys, self._seeds, self._mask = list(keys), seeds, mask.bool()
+        real = self._mask.cpu()
+        # each row's real tokens as (first position, count), found once per batch
+        self._spans = list(zip(real.int().argmax(-1).tolist(), real.sum(-1).tolist()))
         return self
 
     @property
@@ -211,11 +267,19 @@ class NoiseHooks(HookSet):
             raise TLSpecError("relative=True needs the clean-run RMS: call .calibrate(rms) first")
         return self.sigma * self.rms[layer]
 
-    def _generator(self, row: int, layer: int, device: torch.device) -> torch.Generator:
+    def _draw(self, row: int, layer: int, shape: tuple[int, ...],
+              device: torch.device) -> torch.Tensor:
+        """Row ``row``'s standard-normal draw at ``layer`` (float32; shared: do not modify)."""
         assert self._keys is not None and self._seeds is not None
+        key = (self._seeds[row], self._keys[row], layer, self.site, shape, str(device))
+        if self.draws is not None and (draw := self.draws.get(key)) is not None:
+            return draw
         gen = torch.Generator(device=device)
         gen.manual_seed(_seed_of(self._seeds[row], self._keys[row], layer, self.site))
-        return gen
+        draw = torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
+        if self.draws is not None:
+            self.draws.put(key, draw)
+        return draw
 
     def apply(self, layer: int, x: Float[torch.Tensor, "..."]) -> torch.Tensor:
         """``x`` plus this layer's noise for the bound batch (a new tensor; ``x`` is untouched)."""
@@ -230,12 +294,8 @@ class NoiseHooks(HookSet):
             return self._noisy_pattern(layer, x)
         out = x.clone()
         scale = self._scale(layer)
-        for row in range(x.shape[0]):
-            pos = torch.nonzero(self._mask[row]).flatten()
-            start, n = int(pos[0]), int(pos.numel())
-            shape = (n, *x.shape[2:])
-            noise = torch.randn(shape, generator=self._generator(row, layer, x.device),
-                                device=x.device, dtype=torch.float32) * scale
+        for row, (start, n) in enumerate(self._spans):
+            noise = self._draw(row, layer, (n, *x.shape[2:]), x.device) * scale
             if self.heads is not None:  # z: [n, heads, d_head]
                 keep = torch.zeros(self.n_heads, dtype=torch.bool, device=x.device)
                 keep[self.heads] = True
@@ -248,12 +308,9 @@ class NoiseHooks(HookSet):
         assert self._mask is not None
         out = p.clone()
         scale = self._scale(layer)
-        for row in range(p.shape[0]):
-            pos = torch.nonzero(self._mask[row]).flatten()
-            start, n = int(pos[0]), int(pos.numel())
+        for row, (start, n) in enumerate(self._spans):
             block = p[row, :, start : start + n, start : start + n].float()
-            noise = torch.randn(block.shape, generator=self._generator(row, layer, p.device),
-                                device=p.device, dtype=torch.float32) * scale
+            noise = self._draw(row, layer, tuple(block.shape), p.device) * scale
             allowed = entry_mask(torch.ones(1, n, dtype=torch.bool, device=p.device),
                                  region="lower", window=self.windows[layer])[0]
             if self.heads is not None:

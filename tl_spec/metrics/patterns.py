@@ -182,9 +182,11 @@ def column_entropy(
     """
     batch, heads, _, n_k = pattern.shape
     col = pattern.new_zeros((batch, heads, n_k), dtype=dtype)
-    for rows in _row_chunks(pattern, dtype, CHUNK_BYTES):  # where, not *: pad rows may hold NaN
-        col += torch.where(query_valid[:, None, rows, None], pattern[:, :, rows].to(dtype),
-                           0.0).sum(dim=-2)
+    # where, not *: pad rows may hold NaN; the masked copy keeps the pattern's dtype and the sum
+    # runs in ``dtype`` (every value converts exactly; a float64 copy costs six times more)
+    for rows in _row_chunks(pattern, pattern.dtype, CHUNK_BYTES):
+        col += torch.where(query_valid[:, None, rows, None], pattern[:, :, rows],
+                           0.0).sum(dim=-2, dtype=dtype)
     col = torch.where(key_valid[:, None, :], col, 0.0)
     p = col / query_valid.sum(-1).to(dtype)[:, None, None]
     p = p / p.sum(dim=-1, keepdim=True)
