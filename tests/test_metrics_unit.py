@@ -174,6 +174,36 @@ def test_head_correlations_match_numpy_with_ragged_masks():
             np.testing.assert_allclose(c[b].numpy(), np.corrcoef(x), atol=1e-12)
 
 
+@pytest.mark.parametrize("budget", [1, 700, 10**9])  # one query row, a few rows, one chunk
+def test_reducers_are_independent_of_the_row_chunking(monkeypatch, budget):
+    """The statistics are built in query-row chunks of at most CHUNK_BYTES (with the causal
+    upper triangle skipped per chunk); any chunking gives the numpy reference."""
+    monkeypatch.setattr(patterns, "CHUNK_BYTES", budget)
+    pat = _random_pattern(2, 4, 11, seed=9)
+    tv = torch.ones(2, 11, dtype=torch.bool)
+    tv[1, 7:] = False
+    pat[1, :, 7:, :] = float("nan")  # padded rows may hold anything
+    for region in ("lower", "full"):
+        valid = patterns.entry_mask(tv, region=region)
+        c = patterns.head_correlations(pat, valid, dtype=F64)
+        x = patterns.cross_correlations(pat, pat.flip(1), valid, dtype=F64)
+        for b in range(2):
+            v = np.stack([pat[b, h][valid[b]].numpy() for h in range(4)])
+            np.testing.assert_allclose(c[b].numpy(), np.corrcoef(v), atol=1e-12)
+            np.testing.assert_allclose(x[b].numpy(), np.corrcoef(v, v[::-1])[:4, 4:], atol=1e-12)
+    col = patterns.column_entropy(pat, tv, tv, dtype=F64)
+    row = patterns.row_entropy(pat, tv, tv, dtype=F64)
+    for b in range(2):
+        n = int(tv[b].sum())
+        a = pat[b, :, :n, :n].double().numpy()
+        mean = a.mean(axis=1)  # [heads, keys]
+        q = mean / mean.sum(-1, keepdims=True)
+        want = [-(r[r > 0] * np.log2(r[r > 0])).sum() / np.log2((r > 0).sum()) for r in q]
+        np.testing.assert_allclose(col[b].numpy(), want, atol=1e-12)
+        ent = -(np.clip(a, 1e-10, None) * np.log(np.clip(a, 1e-10, None))).sum(-1).mean(-1)
+        np.testing.assert_allclose(row[b].numpy(), ent, atol=1e-6)
+
+
 def test_head_correlations_identical_heads_give_si_zero():
     one = _random_pattern(1, 1, 6, seed=7)
     pat = one.expand(1, 4, 6, 6).clone()
