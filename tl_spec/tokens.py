@@ -38,6 +38,7 @@ __all__ = [
     "pad_id",
     "plan_batches",
     "prepare_inputs",
+    "real_spans",
     "real_tokens",
     "route_inputs",
     "token_ids_sha256",
@@ -603,3 +604,13 @@ def real_tokens(
             "None for unpadded input)"
         )
     return mask.to(device).bool()
+
+
+def real_spans(mask: torch.Tensor) -> list[tuple[int, int]]:
+    """Each row's run of real tokens as (first position, count), from a left- or right-padded mask.
+
+    >>> real_spans(torch.tensor([[0, 1, 1], [1, 1, 0]]))
+    [(1, 2), (0, 2)]
+    """
+    real = mask.bool().cpu()
+    return list(zip(real.int().argmax(-1).tolist(), real.sum(-1).tolist()))

@@ -40,7 +40,7 @@ from tl_spec.metrics.patterns import Region
 from tl_spec.resume import can_start_at_layer, forward_from_layer
 from tl_spec.names import hook_name
 from tl_spec.options.si import ROUTES_WITH_PAD_ROWS, SIOptions
-from tl_spec.tokens import PaddingSide, Tokenized, pad_batch, pad_id, plan_batches
+from tl_spec.tokens import PaddingSide, Tokenized, pad_batch, pad_id, plan_batches, real_spans
 
 __all__ = ["NoiseCondition", "SweepStats", "run_sweep"]
 
@@ -86,9 +86,8 @@ class _Loss:
 
 def _pad_resid(parts: Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
     out = parts[0].new_zeros((len(parts), mask.shape[1], parts[0].shape[-1]))
-    for r, part in enumerate(parts):
-        pos = torch.nonzero(mask[r]).flatten()
-        out[r, int(pos[0]) : int(pos[0]) + part.shape[0]] = part
+    for r, (part, (start, _)) in enumerate(zip(parts, real_spans(mask))):
+        out[r, start : start + part.shape[0]] = part
     return out
 
 

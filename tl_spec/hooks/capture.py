@@ -39,7 +39,7 @@ from tl_spec.metrics.patterns import (
 from tl_spec.metrics.routes import eager_padding_scores
 from tl_spec.models import layer_windows, require_pattern_hooks
 from tl_spec.names import hook_name
-from tl_spec.tokens import real_tokens
+from tl_spec.tokens import real_spans, real_tokens
 
 __all__ = ["ROWS", "STATS", "PatternStats", "Rows", "Stat", "pattern_hook_name"]
 
@@ -247,9 +247,7 @@ class PatternStats(HookSet):
                 f"a prompt of {pattern.shape[-1]} tokens exceeds max_positions={size} of the "
                 "mean-pattern canvas; raise max_positions"
             )
-        for b in range(pattern.shape[0]):
-            pos = torch.nonzero(token_valid[b]).flatten()
-            start, n = int(pos[0]), int(pos.numel())
+        for b, (start, n) in enumerate(real_spans(token_valid)):
             block = pattern[b, :, start : start + n, start : start + n].to(self.dtype)
             canvas[:, :n, :n] += torch.nan_to_num(block)
             count[:n, :n] += 1

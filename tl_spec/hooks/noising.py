@@ -27,6 +27,7 @@ from tl_spec.metrics.patterns import entry_mask
 from tl_spec.models import describe, layer_windows
 from tl_spec.names import HOOKS, LayerSpec, hook_name, parse_layers, resolve_layers
 from tl_spec.options.noise import NOISE_SITES, Site, check_seeds, check_sigma, check_site
+from tl_spec.tokens import real_spans
 
 __all__ = [
     "SITES",
@@ -241,9 +242,7 @@ class NoiseHooks(HookSet):
         if keys is None:
             keys = [prompt_key(t[m.bool()].tolist()) for t, m in zip(tokens.cpu(), mask.cpu())]
         self._keys, self._seeds, self._mask = list(keys), seeds, mask.bool()
-        real = self._mask.cpu()
-        # each row's real tokens as (first position, count), found once per batch
-        self._spans = list(zip(real.int().argmax(-1).tolist(), real.sum(-1).tolist()))
+        self._spans = real_spans(self._mask)  # found once per batch, read by every layer
         return self
 
     @property

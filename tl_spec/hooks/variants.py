@@ -44,7 +44,7 @@ from tl_spec.options.deconstruct import (
     hybrid_period,
 )
 from tl_spec.running import run_batches
-from tl_spec.tokens import PromptInput, prepare_inputs, real_tokens
+from tl_spec.tokens import PromptInput, prepare_inputs, real_spans, real_tokens
 
 __all__ = ["FORMS", "VARIANTS", "AttentionVariant", "Form", "Variant", "attention_variant",
            "normalise_scores", "resolve_variant_layers", "static_patterns"]
@@ -249,9 +249,7 @@ class AttentionVariant(HookSet):
         batch, heads, n, _ = pattern.shape
         ref = torch.as_tensor(self.static[layer], dtype=torch.float32, device=pattern.device)
         out = torch.zeros(batch, heads, n, n, dtype=torch.float32, device=pattern.device)
-        for b in range(batch):
-            pos = torch.nonzero(token_valid[b]).flatten()
-            start, m = int(pos[0]), int(pos.numel())
+        for b, (start, m) in enumerate(real_spans(token_valid)):
             if m > ref.shape[-1]:
                 raise TLSpecError(
                     f"a prompt of {m} tokens is longer than the static patterns "
